@@ -1,0 +1,50 @@
+# pgcdc -- build, test, fuzz, install.
+CC ?= cc
+PG_CONFIG ?= pg_config
+PQ_INC := $(shell $(PG_CONFIG) --includedir 2>/dev/null || echo /usr/include/postgresql)
+PQ_LIB := $(shell $(PG_CONFIG) --libdir 2>/dev/null || echo /usr/lib)
+WARN = -Wall -Wextra -pedantic -Werror -Wshadow -Wstrict-prototypes \
+       -Wmissing-prototypes -Wvla
+CFLAGS ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(WARN) $(CFLAGS) -I$(PQ_INC)
+LDLIBS = -L$(PQ_LIB) -lpq
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+UNITS = sha1.c base64.c ws.c json.c
+SRCS = pgcdc.c $(UNITS)
+HDRS = pgcdc.h
+SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+.PHONY: all test unit fuzz fuzz-replay clean install static
+
+all: pgcdc
+
+pgcdc: $(SRCS) $(HDRS) web/demo.h
+	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) $(LDFLAGS) $(LDLIBS)
+
+# The demo page is compiled into the binary as a C string.
+web/demo.h: web/demo.html web/embed.sh
+	sh web/embed.sh web/demo.html > $@.tmp && mv $@.tmp $@
+
+# Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
+UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
+            tests/test_json.c tests/test_query.c
+tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h web/demo.h
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
+	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)
+
+unit: tests/unit
+	./tests/unit
+
+test: pgcdc
+	./test.sh
+
+clean:
+	rm -f pgcdc tests/unit web/demo.h
+	rm -rf build
+
+install: pgcdc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc
+	install -m 755 pgcdc $(DESTDIR)$(PREFIX)/bin/pgcdc
+	install -m 644 pgcdc.example.config README.md $(DESTDIR)$(PREFIX)/share/doc/pgcdc/

@@ -1,0 +1,616 @@
+/* json.c -- the JSON tokenizer and the wal2json format-version 2 reader.
+ *
+ * json_parse() is a resumable, allocation-free tokenizer in the style of
+ * jsmn, but strict RFC 8259: string escapes (including the four hex digits
+ * of \uXXXX) are checked, raw control characters inside strings are refused,
+ * numbers follow -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, and only
+ * true/false/null are literals.  Strings are not checked for valid UTF-8:
+ * their bytes are passed through untouched.  Containers nest at most
+ * JSON_MAX_DEPTH deep.
+ *
+ * Token conventions: tokens appear in document order, so their start
+ * offsets strictly increase; parent is the index of the enclosing object or
+ * array (-1 for the top-level value), for a member value as well as for its
+ * key; an object's size counts its keys, an array's its elements.
+ *
+ * Resuming: every byte is looked at once.  When the input ends inside a
+ * token, that token is already in toks[] (its end not yet set) and the lexer
+ * state is kept in p->expect, so the next call goes on from p->pos.  The
+ * caller must pass the same toks[] again.  A number touching the end of the
+ * input is reported as partial since more digits may follow.
+ *
+ * w2j_parse() reads the members pgcdc needs from one record; see pgcdc.h.
+ * A recognised member ("action", "lsn", "nextlsn", "schema", "table",
+ * "columns", "identity", and a column's "name", "type", "value") given twice
+ * makes the record invalid: clients parse the forwarded bytes themselves and
+ * must not be able to see a different value than the filter did.
+ */
+#include <string.h>
+
+#include "pgcdc.h"
+
+#define JSON_MAX_DEPTH 64
+
+/* Lexer states kept in json_parser.expect.  The first group waits for a
+ * structural character; the rest are inside a scalar token, which is always
+ * toks[next - 1]. */
+enum {
+    ST_VALUE,           /* a value: top level, after ':', after ',' in [] */
+    ST_VALUE_OR_END,    /* just after '[' */
+    ST_KEY,             /* after ',' in {} */
+    ST_KEY_OR_END,      /* just after '{' */
+    ST_COLON,
+    ST_COMMA_OR_END,
+    ST_DONE,            /* top-level value complete: whitespace only */
+    ST_STR, ST_ESC,     /* in a string, after a backslash */
+    ST_U1, ST_U2, ST_U3, ST_U4, /* hex digits of \u still expected */
+    ST_LIT,             /* in true/false/null */
+    ST_MINUS, ST_ZERO, ST_INT, ST_DOT, ST_FRAC, ST_E, ST_ESIGN, ST_EXP,
+    ST_ERROR            /* sticky: the input was malformed */
+};
+#define KEY_FLAG 0x80   /* with ST_STR..ST_U4: the string is an object key */
+
+static const char *const literal[] = {
+    [JSON_TRUE] = "true", [JSON_FALSE] = "false", [JSON_NULL] = "null"
+};
+
+void json_init(json_parser *p)
+{
+    p->pos = 0;
+    p->next = 0;
+    p->super = -1;
+    p->expect = ST_VALUE;
+    p->done = 0;
+}
+
+static int is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+static int is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+/* Containers currently open above super (super itself included). */
+static int depth(const json_tok *toks, int32_t super)
+{
+    int d = 0;
+    for (; super >= 0 && d <= JSON_MAX_DEPTH; super = toks[super].parent)
+        d++;
+    return d;
+}
+
+/* Claims the next token slot, counting it in its container when it is an
+ * array element or an object key.  Returns its index or -1 when full. */
+static int32_t tok_new(json_parser *p, json_tok *toks, unsigned ntoks,
+                       uint8_t type, uint32_t start, int is_key)
+{
+    if (p->next >= ntoks)
+        return -1;
+    json_tok *t = &toks[p->next];
+    t->type = type;
+    t->start = start;
+    t->end = 0;
+    t->size = 0;
+    t->parent = p->super;
+    if (p->super >= 0 && (is_key || toks[p->super].type == JSON_ARRAY))
+        toks[p->super].size++;
+    return (int32_t)p->next++;
+}
+
+/* State after a complete value. */
+static uint8_t after_value(const json_parser *p)
+{
+    return p->super < 0 ? ST_DONE : ST_COMMA_OR_END;
+}
+
+/* Starts the value whose first byte is c at pos.  Returns the next state,
+ * ST_ERROR for a byte that cannot start a value, or 0xff when out of
+ * tokens. */
+static uint8_t value_start(json_parser *p, json_tok *toks, unsigned ntoks,
+                           unsigned char c, uint32_t pos, int is_key)
+{
+    uint8_t type, st;
+    uint32_t start = pos;
+
+    if (is_key && c != '"')
+        return ST_ERROR;
+    switch (c) {
+    case '{': type = JSON_OBJECT; st = ST_KEY_OR_END; break;
+    case '[': type = JSON_ARRAY; st = ST_VALUE_OR_END; break;
+    case '"':
+        type = JSON_STRING; start = pos + 1;
+        st = (uint8_t)(ST_STR | (is_key ? KEY_FLAG : 0));
+        break;
+    case '-': type = JSON_NUMBER; st = ST_MINUS; break;
+    case '0': type = JSON_NUMBER; st = ST_ZERO; break;
+    case 't': type = JSON_TRUE; st = ST_LIT; break;
+    case 'f': type = JSON_FALSE; st = ST_LIT; break;
+    case 'n': type = JSON_NULL; st = ST_LIT; break;
+    default:
+        if (c < '1' || c > '9')
+            return ST_ERROR;
+        type = JSON_NUMBER; st = ST_INT;
+    }
+    if ((type == JSON_OBJECT || type == JSON_ARRAY) &&
+        depth(toks, p->super) >= JSON_MAX_DEPTH)
+        return ST_ERROR;
+    int32_t i = tok_new(p, toks, ntoks, type, start, is_key);
+    if (i < 0)
+        return 0xff;
+    if (type == JSON_OBJECT || type == JSON_ARRAY)
+        p->super = i;
+    return st;
+}
+
+/* Closes the open container with c ('}' or ']') at pos. */
+static uint8_t close_container(json_parser *p, json_tok *toks,
+                               unsigned char c, uint32_t pos)
+{
+    json_tok *t = &toks[p->super];
+    if (t->type != (c == '}' ? JSON_OBJECT : JSON_ARRAY))
+        return ST_ERROR;
+    t->end = pos + 1;
+    p->super = t->parent;
+    return after_value(p);
+}
+
+/* Next state of a number after byte c, or ST_DONE when c ends it (c is then
+ * not part of the number), or ST_ERROR. */
+static uint8_t number_step(uint8_t st, unsigned char c)
+{
+    int digit = c >= '0' && c <= '9';
+    int e = c == 'e' || c == 'E';
+
+    switch (st) {
+    case ST_MINUS: return c == '0' ? ST_ZERO : digit ? ST_INT : ST_ERROR;
+    case ST_ZERO: return c == '.' ? ST_DOT : e ? ST_E : ST_DONE;
+    case ST_INT: return digit ? ST_INT : c == '.' ? ST_DOT : e ? ST_E : ST_DONE;
+    case ST_DOT: return digit ? ST_FRAC : ST_ERROR;
+    case ST_FRAC: return digit ? ST_FRAC : e ? ST_E : ST_DONE;
+    case ST_E: return digit ? ST_EXP : (c == '+' || c == '-') ? ST_ESIGN : ST_ERROR;
+    case ST_ESIGN: return digit ? ST_EXP : ST_ERROR;
+    default: return digit ? ST_EXP : ST_DONE;   /* ST_EXP */
+    }
+}
+
+int json_parse(json_parser *p, const char *buf, size_t len,
+               json_tok *toks, unsigned ntoks)
+{
+    if (len > UINT32_MAX || len < p->pos)
+        p->expect = ST_ERROR;
+    if (p->expect == ST_ERROR)
+        return JSON_INVALID;
+    if (ntoks > INT32_MAX)
+        ntoks = INT32_MAX;
+
+    const unsigned char *s = (const unsigned char *)buf;
+    uint32_t pos = p->pos, n = (uint32_t)len;
+    uint8_t st = p->expect;
+
+    while (pos < n) {
+        unsigned char c = s[pos];
+        uint8_t key = st & KEY_FLAG, ns;
+        json_tok *t;
+
+        switch (st & (uint8_t)~KEY_FLAG) {
+        case ST_STR:
+            /* The hot loop: most bytes of a record are string contents. */
+            while (c != '"' && c != '\\' && c >= 0x20) {
+                if (++pos == n)
+                    goto out;
+                c = s[pos];
+            }
+            if (c < 0x20)
+                goto invalid;
+            if (c == '\\') {
+                st = (uint8_t)(ST_ESC | key);
+            } else {
+                toks[p->next - 1].end = pos;
+                st = key ? ST_COLON : after_value(p);
+            }
+            pos++;
+            break;
+        case ST_ESC:
+            if (c == 'u')
+                st = (uint8_t)(ST_U4 | key);
+            else if (c == '"' || c == '\\' || c == '/' || c == 'b' ||
+                     c == 'f' || c == 'n' || c == 'r' || c == 't')
+                st = (uint8_t)(ST_STR | key);
+            else
+                goto invalid;
+            pos++;
+            break;
+        case ST_U1: case ST_U2: case ST_U3: case ST_U4:
+            if (!is_hex(c))
+                goto invalid;
+            st = (st & (uint8_t)~KEY_FLAG) == ST_U1 ? (uint8_t)(ST_STR | key)
+                                                    : (uint8_t)(st - 1);
+            pos++;
+            break;
+        case ST_LIT: {
+            t = &toks[p->next - 1];
+            const char *lit = literal[t->type];
+            uint32_t k = pos - t->start;
+            if (c != (unsigned char)lit[k])
+                goto invalid;
+            pos++;
+            if (lit[k + 1] == '\0') {
+                t->end = pos;
+                st = after_value(p);
+            }
+            break;
+        }
+        case ST_MINUS: case ST_ZERO: case ST_INT: case ST_DOT:
+        case ST_FRAC: case ST_E: case ST_ESIGN: case ST_EXP:
+            st = number_step(st, c);
+            if (st == ST_ERROR)
+                goto invalid;
+            if (st == ST_DONE) {
+                /* c belongs to whatever follows the number. */
+                toks[p->next - 1].end = pos;
+                st = after_value(p);
+            } else {
+                pos++;
+            }
+            break;
+        default:
+            if (is_ws(c)) {
+                pos++;
+                break;
+            }
+            switch (st) {
+            case ST_DONE:
+                goto invalid;
+            case ST_COLON:
+                if (c != ':')
+                    goto invalid;
+                st = ST_VALUE;
+                pos++;
+                continue;
+            case ST_COMMA_OR_END:
+                if (c == ',')
+                    st = toks[p->super].type == JSON_OBJECT ? ST_KEY : ST_VALUE;
+                else if (c == '}' || c == ']')
+                    st = close_container(p, toks, c, pos);
+                else
+                    goto invalid;
+                break;
+            case ST_KEY_OR_END:
+            case ST_VALUE_OR_END:
+                if (c == '}' || c == ']') {
+                    st = close_container(p, toks, c, pos);
+                    break;
+                }
+                /* fall through */
+            default:
+                ns = value_start(p, toks, ntoks, c, pos,
+                                 st == ST_KEY || st == ST_KEY_OR_END);
+                if (ns == 0xff) {
+                    /* Nothing consumed: a larger toks[] may retry. */
+                    p->pos = pos;
+                    p->expect = st;
+                    return JSON_NOMEM;
+                }
+                st = ns;
+            }
+            if (st == ST_ERROR)
+                goto invalid;
+            pos++;
+        }
+    }
+out:
+    p->pos = pos;
+    p->expect = st;
+    if (st != ST_DONE)
+        return JSON_PARTIAL;
+    p->done = 1;
+    return (int)p->next;
+invalid:
+    p->pos = pos;
+    p->expect = ST_ERROR;
+    return JSON_INVALID;
+}
+
+/* ==== escapes ============================================================ */
+
+static unsigned hex4(const char *s)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = (unsigned char)s[i];
+        v = v << 4 | (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+static int hex4_ok(const char *s, size_t n, size_t i)
+{
+    return i + 4 <= n && is_hex((unsigned char)s[i]) &&
+           is_hex((unsigned char)s[i + 1]) && is_hex((unsigned char)s[i + 2]) &&
+           is_hex((unsigned char)s[i + 3]);
+}
+
+/* Decodes the escape at s[*i] (a backslash) into out.  Advances *i past it
+ * and returns the bytes written (1 to 4), or -1 when it is invalid. */
+static int esc_decode(const char *s, size_t n, size_t *i, unsigned char out[4])
+{
+    size_t k = *i + 1;
+    if (k >= n)
+        return -1;
+    char c = s[k];
+    const char *simple = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t";
+    const char *hit = c ? strchr(simple, c) : NULL;
+    if (hit) {
+        out[0] = (unsigned char)to[hit - simple];
+        *i = k + 1;
+        return 1;
+    }
+    if (c != 'u' || !hex4_ok(s, n, k + 1))
+        return -1;
+    unsigned cp = hex4(s + k + 1);
+    k += 5;
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return -1;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        /* A high surrogate must be followed by an escaped low one. */
+        if (k + 6 > n || s[k] != '\\' || s[k + 1] != 'u' || !hex4_ok(s, n, k + 2))
+            return -1;
+        unsigned lo = hex4(s + k + 2);
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        k += 6;
+    }
+    *i = k;
+    if (cp < 0x80) {
+        out[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (unsigned char)(0xC0 | cp >> 6);
+        out[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | cp >> 12);
+        out[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+        out[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | cp >> 18);
+    out[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
+    out[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+    out[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+long json_unescape(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t i = 0, o = 0;
+    while (i < n) {
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - (s + i)) : n - i;
+        if (run > cap - o)
+            return -1;
+        memcpy(out + o, s + i, run);
+        o += run;
+        i += run;
+        if (!bs)
+            break;
+        unsigned char u[4];
+        int k = esc_decode(s, n, &i, u);
+        if (k < 0 || (size_t)k > cap - o)
+            return -1;
+        memcpy(out + o, u, (size_t)k);
+        o += (size_t)k;
+    }
+    return (long)o;
+}
+
+int json_str_eq(slice s, const char *raw, size_t rawlen)
+{
+    size_t i = 0, o = 0;
+    while (i < s.n) {
+        if (s.p[i] != '\\') {
+            if (o == rawlen || s.p[i] != raw[o])
+                return 0;
+            i++;
+            o++;
+            continue;
+        }
+        unsigned char u[4];
+        int k = esc_decode(s.p, s.n, &i, u);
+        if (k < 0 || (size_t)k > rawlen - o || memcmp(raw + o, u, (size_t)k))
+            return 0;
+        o += (size_t)k;
+    }
+    return o == rawlen;
+}
+
+/* ==== LSN ================================================================ */
+
+/* Parses 1 to 8 hex digits from s[*i] up to stop; returns -1 if there are
+ * none, too many, or a non-hex byte. */
+static int hex_half(const char *s, size_t *i, size_t stop, uint32_t *v)
+{
+    size_t start = *i;
+    *v = 0;
+    for (; *i < stop && is_hex((unsigned char)s[*i]); (*i)++) {
+        unsigned char c = (unsigned char)s[*i];
+        *v = *v << 4 | (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+        if (*i - start == 8)
+            return -1;
+    }
+    return *i > start ? 0 : -1;
+}
+
+int lsn_parse(const char *s, size_t n, uint64_t *lsn)
+{
+    size_t i = 0;
+    uint32_t hi, lo;
+    if (hex_half(s, &i, n, &hi) < 0 || i >= n || s[i] != '/')
+        return -1;
+    i++;
+    if (hex_half(s, &i, n, &lo) < 0 || i != n)
+        return -1;
+    *lsn = (uint64_t)hi << 32 | lo;
+    return 0;
+}
+
+/* ==== wal2json records =================================================== */
+
+/* Index of the first token after toks[i] and everything inside it.  Tokens
+ * are in document order, so it is the first one starting at or after the
+ * end of toks[i]: a binary search, never a rescan. */
+static int skip(const json_tok *toks, int ntok, int i)
+{
+    if (toks[i].type != JSON_OBJECT && toks[i].type != JSON_ARRAY)
+        return i + 1;
+    int lo = i + 1, hi = ntok;
+    uint32_t end = toks[i].end;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (toks[mid].start < end)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static slice tok_slice(const char *buf, const json_tok *t)
+{
+    slice sl = { buf + t->start, t->end - t->start };
+    return sl;
+}
+
+static int key_is(const char *buf, const json_tok *t, const char *name)
+{
+    return json_str_eq(tok_slice(buf, t), name, strlen(name));
+}
+
+/* Fills c from the column object at toks[i]. */
+static int read_col(const char *buf, const json_tok *toks, int ntok, int i,
+                    w2j_col *c)
+{
+    if (toks[i].type != JSON_OBJECT)
+        return JSON_INVALID;
+    int seen_name = 0, seen_type = 0, seen_value = 0;
+    c->name.p = c->type.p = c->value.p = buf;
+    c->name.n = c->type.n = c->value.n = 0;
+    c->vtype = JSON_NONE;
+    int k = i + 1;
+    for (uint32_t m = 0; m < toks[i].size; m++) {
+        const json_tok *key = &toks[k], *val = &toks[k + 1];
+        int str = val->type == JSON_STRING;
+        if (key_is(buf, key, "name")) {
+            if (seen_name++ || !str)
+                return JSON_INVALID;
+            c->name = tok_slice(buf, val);
+        } else if (key_is(buf, key, "type")) {
+            if (seen_type++ || !str)
+                return JSON_INVALID;
+            c->type = tok_slice(buf, val);
+        } else if (key_is(buf, key, "value")) {
+            if (seen_value++)
+                return JSON_INVALID;
+            c->value = tok_slice(buf, val);
+            c->vtype = val->type;
+        }
+        k = skip(toks, ntok, k + 1);
+    }
+    return seen_name ? JSON_OK : JSON_INVALID;
+}
+
+/* Appends the column objects of the array at toks[i] to r->cols. */
+static int read_cols(const char *buf, const json_tok *toks, int ntok, int i,
+                     unsigned ncap, w2j_record *r, unsigned *count)
+{
+    if (toks[i].type != JSON_ARRAY)
+        return JSON_INVALID;
+    unsigned have = r->ncols + r->nident;
+    if (toks[i].size > ncap - have)
+        return JSON_NOMEM;
+    int k = i + 1;
+    for (uint32_t m = 0; m < toks[i].size; m++) {
+        int rc = read_col(buf, toks, ntok, k, &r->cols[have + m]);
+        if (rc != JSON_OK)
+            return rc;
+        k = skip(toks, ntok, k);
+    }
+    *count = toks[i].size;
+    return JSON_OK;
+}
+
+/* The single character of the action string, or -1. */
+static int action_char(const char *buf, const json_tok *t)
+{
+    if (t->type != JSON_STRING)
+        return -1;
+    char out[4];
+    long n = json_unescape(buf + t->start, t->end - t->start, out, sizeof out);
+    return n == 1 ? (unsigned char)out[0] : -1;
+}
+
+int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
+              w2j_col *cols, unsigned ncap, w2j_record *r)
+{
+    memset(r, 0, sizeof *r);
+    r->cols = cols;
+    r->lsn.p = r->nextlsn.p = r->schema.p = r->table.p = buf;
+
+    json_parser p;
+    json_init(&p);
+    int ntok = json_parse(&p, buf, len, toks, ntoks);
+    if (ntok < 0)
+        return ntok;
+    if (toks[0].type != JSON_OBJECT)
+        return JSON_INVALID;
+
+    /* Token index of each recognised member's value, 0 when absent. */
+    enum { F_ACTION, F_LSN, F_NEXTLSN, F_SCHEMA, F_TABLE, F_COLUMNS,
+           F_IDENTITY, F_COUNT };
+    static const char *const names[F_COUNT] = {
+        "action", "lsn", "nextlsn", "schema", "table", "columns", "identity"
+    };
+    int at[F_COUNT] = { 0 };
+    int k = 1;
+    for (uint32_t m = 0; m < toks[0].size; m++) {
+        for (int f = 0; f < F_COUNT; f++) {
+            if (key_is(buf, &toks[k], names[f])) {
+                if (at[f])
+                    return JSON_INVALID;
+                at[f] = k + 1;
+                break;
+            }
+        }
+        k = skip(toks, ntok, k + 1);
+    }
+
+    int a = at[F_ACTION] ? action_char(buf, &toks[at[F_ACTION]]) : -1;
+    if (a < 0)
+        return JSON_INVALID;
+    r->action = (char)a;
+    slice *dst[F_COUNT] = { NULL, &r->lsn, &r->nextlsn, &r->schema, &r->table };
+    for (int f = F_LSN; f <= F_TABLE; f++) {
+        if (!at[f])
+            continue;
+        if (toks[at[f]].type != JSON_STRING)
+            return JSON_INVALID;
+        *dst[f] = tok_slice(buf, &toks[at[f]]);
+    }
+    if (a && strchr("IUDT", a) && (!at[F_SCHEMA] || !at[F_TABLE]))
+        return JSON_INVALID;
+
+    int rc;
+    if (at[F_COLUMNS] &&
+        (rc = read_cols(buf, toks, ntok, at[F_COLUMNS], ncap, r, &r->ncols)))
+        return rc;
+    if (at[F_IDENTITY] &&
+        (rc = read_cols(buf, toks, ntok, at[F_IDENTITY], ncap, r, &r->nident)))
+        return rc;
+    return JSON_OK;
+}

@@ -1,0 +1,3631 @@
+/* pgcdc.c -- stream PostgreSQL row changes to WebSocket clients.
+ *
+ * One process, one thread, one poll() loop.  It holds one logical
+ * replication connection (libpq, replication=database, wal2json
+ * format-version 2), one ordinary connection for catalog look-ups, a
+ * listening socket, and the clients.  Each change wal2json sends is parsed
+ * once (json.c), turned once into a WebSocket text frame carrying a "pos"
+ * member, kept in a bounded history for resuming clients, and queued by
+ * reference to every client whose subscription matches; queues are written
+ * with writev() when the socket takes them.
+ *
+ * Sections: logging and utilities, configuration, frames and history,
+ * subscriptions, clients, HTTP, catalog look-ups, replication, metrics,
+ * the event loop.  The external contract is SPEC.md; the choices it leaves
+ * open are written in README.md.
+ */
+#include "pgcdc.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+/* ==== Logging and small utilities ====================================== */
+
+enum { L_ERROR, L_WARN, L_INFO, L_DEBUG };
+static int log_level = L_INFO;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void logf_(int level, const char *fmt, ...)
+{
+    static const char *names[] = { "error", "warn", "info", "debug" };
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    va_list ap;
+    int n;
+
+    if (level > log_level)
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L, names[level]);
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    /* one event, one line: fold any newline a server message carried */
+    for (char *p = line + n; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    fprintf(stderr, "%s\n", line);
+}
+#define log_error(...) logf_(L_ERROR, __VA_ARGS__)
+#define log_warn(...) logf_(L_WARN, __VA_ARGS__)
+#define log_info(...) logf_(L_INFO, __VA_ARGS__)
+#define log_debug(...) logf_(L_DEBUG, __VA_ARGS__)
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        log_error("out of memory allocating %zu bytes", n);
+        exit(2);
+    }
+    return p;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    p = realloc(p, n ? n : 1);
+    if (!p) {
+        log_error("out of memory allocating %zu bytes", n);
+        exit(2);
+    }
+    return p;
+}
+
+static char *xstrndup(const char *s, size_t n)
+{
+    char *d = xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Case-insensitive comparison of a byte range with a NUL-terminated word. */
+static int ieq(const char *s, size_t n, const char *word)
+{
+    size_t i;
+    for (i = 0; i < n && word[i]; i++)
+        if (tolower((unsigned char)s[i]) != tolower((unsigned char)word[i]))
+            return 0;
+    return i == n && word[i] == 0;
+}
+
+static const char *trim(const char *s, size_t *n)
+{
+    while (*n && (*s == ' ' || *s == '\t')) {
+        s++;
+        (*n)--;
+    }
+    while (*n && (s[*n - 1] == ' ' || s[*n - 1] == '\t' || s[*n - 1] == '\r'))
+        (*n)--;
+    return s;
+}
+
+/* Does a comma-separated token list (as in Connection:) hold word? */
+static int has_token(const char *s, size_t n, const char *word)
+{
+    while (n) {
+        size_t k = 0;
+        while (k < n && s[k] != ',')
+            k++;
+        size_t tn = k;
+        const char *t = trim(s, &tn);
+        if (ieq(t, tn, word))
+            return 1;
+        if (k == n)
+            break;
+        s += k + 1;
+        n -= k + 1;
+    }
+    return 0;
+}
+
+/* Constant-time equality: time depends only on the lengths. */
+static int ct_equal(const void *a, size_t an, const void *b, size_t bn)
+{
+    const unsigned char *x = a, *y = b;
+    unsigned char d = (unsigned char)(an != bn);
+    size_t n = an < bn ? an : bn;
+    for (size_t i = 0; i < n; i++)
+        d |= x[i] ^ y[i];
+    return d == 0;
+}
+
+/* A growable byte buffer for building responses and messages. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+} sbuf;
+
+static void sb_need(sbuf *b, size_t more)
+{
+    if (b->n + more + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (b->n + more + 1 > cap)
+            cap *= 2;
+        b->p = xrealloc(b->p, cap);
+        b->cap = cap;
+    }
+}
+
+static void sb_add(sbuf *b, const void *s, size_t n)
+{
+    sb_need(b, n);
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    sb_need(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->n, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)n;
+}
+
+/* ==== Configuration ===================================================== */
+
+typedef struct config {
+    char *conninfo;
+    char *slot;
+    int temporary_slot;
+    char *tables;            /* NULL: all */
+    char *wal2json_options;  /* "name=value,..." */
+    int status_interval;
+    int reconnect_max;
+    char *listen;
+    int max_clients;
+    size_t max_queue;
+    int ping_interval;
+    char *allowed_origins;
+    char *token;
+    int demo_page;
+    size_t history;
+    char *trusted_proxies;
+    char *grant_secret;
+} config;
+
+static void config_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->slot = xstrndup("pgcdc", 5);
+    c->temporary_slot = 1;
+    c->wal2json_options = xstrndup("include-timestamp=1", 19);
+    c->status_interval = 10;
+    c->reconnect_max = 30;
+    c->listen = xstrndup("127.0.0.1:8080", 14);
+    c->max_clients = 10000;
+    c->max_queue = 4194304;
+    c->ping_interval = 25;
+    c->allowed_origins = xstrndup("*", 1);
+    c->demo_page = 1;
+    c->history = 67108864;
+}
+
+static void config_free(config *c)
+{
+    free(c->conninfo); free(c->slot); free(c->tables);
+    free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
+    free(c->token); free(c->trusted_proxies); free(c->grant_secret);
+}
+
+enum { K_STR, K_BOOL, K_INT, K_SIZE };
+
+typedef struct keydef {
+    const char *section, *name;
+    int kind;
+    size_t off;
+    long long min, max;
+} keydef;
+
+#define KOFF(f) offsetof(config, f)
+static const keydef keydefs[] = {
+    { "postgres", "conninfo", K_STR, KOFF(conninfo), 0, 0 },
+    { "postgres", "slot", K_STR, KOFF(slot), 0, 0 },
+    { "postgres", "temporary_slot", K_BOOL, KOFF(temporary_slot), 0, 1 },
+    { "postgres", "tables", K_STR, KOFF(tables), 0, 0 },
+    { "postgres", "wal2json_options", K_STR, KOFF(wal2json_options), 0, 0 },
+    { "postgres", "status_interval", K_INT, KOFF(status_interval), 1, 3600 },
+    { "postgres", "reconnect_max", K_INT, KOFF(reconnect_max), 1, 86400 },
+    { "server", "listen", K_STR, KOFF(listen), 0, 0 },
+    { "server", "max_clients", K_INT, KOFF(max_clients), 1, 1000000 },
+    { "server", "max_queue", K_SIZE, KOFF(max_queue), 4096, 1LL << 40 },
+    { "server", "ping_interval", K_INT, KOFF(ping_interval), 0, 86400 },
+    { "server", "allowed_origins", K_STR, KOFF(allowed_origins), 0, 0 },
+    { "server", "token", K_STR, KOFF(token), 0, 0 },
+    { "server", "demo_page", K_BOOL, KOFF(demo_page), 0, 1 },
+    { "server", "history", K_SIZE, KOFF(history), 0, 1LL << 40 },
+    { "server", "trusted_proxies", K_STR, KOFF(trusted_proxies), 0, 0 },
+    { "server", "grant_secret", K_STR, KOFF(grant_secret), 0, 0 },
+};
+#define NKEYS (sizeof keydefs / sizeof keydefs[0])
+
+static int parse_bool(const char *v, int *out)
+{
+    static const char *t[] = { "true", "yes", "on", "1" };
+    static const char *f[] = { "false", "no", "off", "0" };
+    for (int i = 0; i < 4; i++) {
+        if (ieq(v, strlen(v), t[i])) { *out = 1; return 0; }
+        if (ieq(v, strlen(v), f[i])) { *out = 0; return 0; }
+    }
+    return -1;
+}
+
+static int parse_ll(const char *v, long long *out)
+{
+    char *end;
+    errno = 0;
+    if (!*v || !(isdigit((unsigned char)*v) || *v == '-'))
+        return -1;
+    *out = strtoll(v, &end, 10);
+    return errno || *end ? -1 : 0;
+}
+
+/* listen = host:port | [v6]:port | :port */
+static int parse_listen(const char *v, char *host, size_t hcap, char *port, size_t pcap)
+{
+    const char *colon;
+    size_t hn;
+    long long p;
+    if (v[0] == '[') {
+        const char *close = strchr(v, ']');
+        if (!close || close[1] != ':')
+            return -1;
+        hn = (size_t)(close - v - 1);
+        if (hn >= hcap)
+            return -1;
+        memcpy(host, v + 1, hn);
+        colon = close + 1;
+    } else {
+        colon = strrchr(v, ':');
+        if (!colon)
+            return -1;
+        hn = (size_t)(colon - v);
+        if (hn >= hcap || memchr(v, ':', hn))
+            return -1;
+        memcpy(host, v, hn);
+    }
+    host[hn] = 0;
+    if (parse_ll(colon + 1, &p) || p < 0 || p > 65535 || strlen(colon + 1) >= pcap)
+        return -1;
+    snprintf(port, pcap, "%lld", p);
+    return 0;
+}
+
+static const char *reserved_w2j[] = {
+    "format-version", "include-lsn", "include-transaction", "add-tables"
+};
+
+/* Checks wal2json_options: name=value pairs, none of the reserved names. */
+static int check_w2j_options(const char *v, char *err, size_t errlen)
+{
+    const char *s = v;
+    while (*s) {
+        const char *comma = strchr(s, ',');
+        size_t n = comma ? (size_t)(comma - s) : strlen(s);
+        const char *item = trim(s, &n);
+        const char *eq = memchr(item, '=', n);
+        if (n == 0 && !comma && s == v)
+            return 0;   /* empty value: no extra options */
+        if (!eq || eq == item) {
+            snprintf(err, errlen, "expected name=value, got \"%.*s\"", (int)n, item);
+            return -1;
+        }
+        size_t nn = (size_t)(eq - item);
+        const char *name = trim(item, &nn);
+        for (size_t i = 0; i < 4; i++)
+            if (ieq(name, nn, reserved_w2j[i])) {
+                snprintf(err, errlen, "\"%s\" is set by pgcdc itself and cannot be given", reserved_w2j[i]);
+                return -1;
+            }
+        for (size_t i = 0; i < nn; i++)
+            if (!(isalnum((unsigned char)name[i]) || name[i] == '-' || name[i] == '_')) {
+                snprintf(err, errlen, "bad option name \"%.*s\"", (int)nn, name);
+                return -1;
+            }
+        if (!comma)
+            break;
+        s = comma + 1;
+    }
+    return 0;
+}
+
+static int check_value(const keydef *k, const char *v, config *c, char *err, size_t errlen)
+{
+    void *field = (char *)c + k->off;
+    long long ll;
+    if (k->kind == K_BOOL) {
+        if (parse_bool(v, (int *)field)) {
+            snprintf(err, errlen, "expected true or false, got \"%.100s\"", v);
+            return -1;
+        }
+        return 0;
+    }
+    if (k->kind == K_INT || k->kind == K_SIZE) {
+        if (parse_ll(v, &ll) || ll < k->min || ll > k->max) {
+            snprintf(err, errlen, "expected a whole number from %lld to %lld, got \"%.100s\"",
+                     k->min, k->max, v);
+            return -1;
+        }
+        if (k->kind == K_INT)
+            *(int *)field = (int)ll;
+        else
+            *(size_t *)field = (size_t)ll;
+        return 0;
+    }
+    if (!strcmp(k->name, "slot")) {
+        size_t n = strlen(v);
+        if (n == 0 || n > 63 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_") != n) {
+            snprintf(err, errlen, "a slot name is 1 to 63 characters of [a-z0-9_], got \"%.100s\"", v);
+            return -1;
+        }
+    } else if (!strcmp(k->name, "listen")) {
+        char h[256], p[8];
+        if (parse_listen(v, h, sizeof h, p, sizeof p)) {
+            snprintf(err, errlen, "expected host:port, [v6]:port or :port, got \"%.100s\"", v);
+            return -1;
+        }
+    } else if (!strcmp(k->name, "wal2json_options")) {
+        if (check_w2j_options(v, err, errlen))
+            return -1;
+    } else if (!strcmp(k->name, "conninfo") || !strcmp(k->name, "token") ||
+               !strcmp(k->name, "grant_secret")) {
+        if (!*v) {
+            snprintf(err, errlen, "must not be empty");
+            return -1;
+        }
+    }
+    char **sp = (char **)field;
+    free(*sp);
+    *sp = xstrndup(v, strlen(v));
+    return 0;
+}
+
+/* Reads an INI file into c.  Returns 0, or -1 after printing an error that
+ * names the file, the line and the key. */
+static int config_load(config *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[8192], section[64] = "";
+    char err[512];
+    int lineno = 0;
+    int seen[NKEYS] = { 0 };
+
+    if (!f) {
+        fprintf(stderr, "pgcdc: %s: cannot open configuration file: %s\n", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        lineno++;
+        if (n == sizeof line - 1 && line[n - 1] != '\n') {
+            fprintf(stderr, "pgcdc: %s:%d: line too long\n", path, lineno);
+            goto fail;
+        }
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = 0;
+        const char *s = trim(line, &n);
+        if (n == 0 || *s == ';' || *s == '#')
+            continue;
+        if (*s == '[') {
+            if (s[n - 1] != ']') {
+                fprintf(stderr, "pgcdc: %s:%d: malformed section header\n", path, lineno);
+                goto fail;
+            }
+            size_t sn = n - 2;
+            const char *name = trim(s + 1, &sn);
+            if (!ieq(name, sn, "postgres") && !ieq(name, sn, "server")) {
+                fprintf(stderr, "pgcdc: %s:%d: unknown section [%.*s] (expected [postgres] or [server])\n",
+                        path, lineno, (int)sn, name);
+                goto fail;
+            }
+            snprintf(section, sizeof section, "%.*s", (int)sn, name);
+            for (char *p = section; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            continue;
+        }
+        const char *eq = memchr(s, '=', n);
+        if (!eq) {
+            fprintf(stderr, "pgcdc: %s:%d: expected key = value\n", path, lineno);
+            goto fail;
+        }
+        size_t kn = (size_t)(eq - s), vn = n - kn - 1;
+        const char *key = trim(s, &kn);
+        const char *val = trim(eq + 1, &vn);
+        char vbuf[8192];
+        snprintf(vbuf, sizeof vbuf, "%.*s", (int)vn, val);
+        if (!*section) {
+            fprintf(stderr, "pgcdc: %s:%d: key \"%.*s\" outside of a section\n", path, lineno, (int)kn, key);
+            goto fail;
+        }
+        size_t i;
+        for (i = 0; i < NKEYS; i++)
+            if (!strcmp(keydefs[i].section, section) && ieq(key, kn, keydefs[i].name))
+                break;
+        if (i == NKEYS) {
+            fprintf(stderr, "pgcdc: %s:%d: unknown key \"%.*s\" in [%s]\n", path, lineno, (int)kn, key, section);
+            goto fail;
+        }
+        if (seen[i]) {
+            fprintf(stderr, "pgcdc: %s:%d: duplicate key \"%s\" in [%s] (first set on line %d)\n",
+                    path, lineno, keydefs[i].name, section, seen[i]);
+            goto fail;
+        }
+        seen[i] = lineno;
+        if (check_value(&keydefs[i], vbuf, c, err, sizeof err)) {
+            fprintf(stderr, "pgcdc: %s:%d: bad value for \"%s\": %s\n", path, lineno, keydefs[i].name, err);
+            goto fail;
+        }
+    }
+    fclose(f);
+    if (!c->conninfo) {
+        fprintf(stderr, "pgcdc: %s: missing required key \"conninfo\" in [postgres]\n", path);
+        return -1;
+    }
+    return 0;
+fail:
+    fclose(f);
+    return -1;
+}
+
+/* ==== Server state ====================================================== */
+
+typedef struct frame frame;
+typedef struct table table;
+typedef struct group group;
+typedef struct client client;
+typedef struct lookup lookup;
+
+/* Bytes to send: a change's frame (shared, reference-counted, maybe in the
+ * history), or a per-client message (HTTP response, pong, close). */
+struct frame {
+    uint32_t refs;
+    uint8_t cls;         /* pool size class, or NCLASS for malloc */
+    uint8_t types;       /* SUB_* bit of the change, 0 for other bytes */
+    uint8_t change;      /* counts in frames_sent when written whole */
+    uint32_t hdr;        /* WebSocket header bytes before the payload */
+    size_t len;          /* bytes in data */
+    uint64_t lsn;        /* position: commit LSN ... */
+    uint32_t idx;        /* ... and index inside the transaction */
+    uint64_t seq;        /* history sequence number */
+    table *tab;
+    uint8_t data[];
+};
+
+/* Identical subscriptions share a group, so a change is matched once per
+ * distinct subscription and then queued to every member. */
+struct group {
+    spec *sp;
+    table *tab;
+    client *members;
+    unsigned nmembers;
+    group *next;
+};
+
+struct table {
+    char *schema, *name;
+    uint32_t hash;
+    int64_t verified;    /* when the catalog last said it exists (ms) */
+    group *groups;
+    table *next;         /* hash chain */
+};
+
+enum cstate { C_HTTP, C_PENDING, C_WS, C_CLOSING, C_LINGER };
+
+/* What an upgrade waiting for the catalog has to remember. */
+typedef struct pending {
+    spec *sp;
+    ws_params prm;
+    char accept[WS_ACCEPT_LEN + 1];
+    lookup *lk;
+} pending;
+
+struct client {
+    int fd;
+    int slot;            /* index in the poll arrays */
+    uint8_t state;       /* enum cstate */
+    uint8_t pollout;     /* POLLOUT is being asked for */
+    uint8_t dirty;       /* on the dirty list */
+    uint8_t replaying;   /* catching up from the history */
+    uint8_t close_after; /* close (HTTP: linger) once the queue is written */
+    uint8_t got_close;   /* a close frame came from the peer */
+    uint8_t sent_close;  /* a close frame was queued */
+    uint8_t counted;     /* counts in nclients (upgraded) */
+    int64_t deadline;    /* ms: request, close or linger timeout; 0 none */
+    int64_t last_rx;     /* ms of the last byte received */
+    int64_t last_ping;
+    int64_t grant_exp;   /* unix seconds; 0 none */
+    char *req;           /* HTTP request bytes (C_HTTP, C_PENDING) */
+    uint32_t req_len, req_cap;
+    uint32_t head_len;   /* bytes of the request head */
+    pending *pend;
+    group *grp;
+    client *gnext, *gprev;
+    client *dnext;       /* dirty list */
+    frame **q;           /* ring of queued frames */
+    uint32_t qhead, qn, qcap, qoff;
+    size_t qbytes;
+    uint64_t cursor;     /* replaying: next history seq to look at */
+    uint64_t id;
+    char addr[48];
+    ws_parser wp;
+};
+
+enum rstate { R_WAIT, R_CONNECTING, R_IDENTIFY, R_SET, R_SLOTINFO,
+              R_CREATE, R_START, R_STREAMING, R_STOPPING };
+
+typedef struct server {
+    config cfg;
+    const char *config_path;
+    int listen_fd;
+    int sigpipe[2];
+    volatile int stop;
+    int64_t now;
+
+    /* poll arrays: 0 listen, 1 self-pipe, 2 replication, 3 catalog, then clients */
+    struct pollfd *pfd;
+    client **pcl;
+    int npfd, cappfd;
+    unsigned nclients;      /* upgraded WebSocket clients */
+    unsigned nconns;        /* all client connections */
+    uint64_t next_client_id;
+    client *dirty;
+
+    /* tables and subscriptions */
+    table **tabs;
+    unsigned ntabs_buckets, ntabs;
+
+    /* history: ring of frames by sequence number */
+    frame **hist;
+    size_t hcap, hhead, hn, hbytes;
+    uint64_t hfirst_seq, next_seq;
+    uint64_t floor_lsn;     /* positions before (floor_lsn, floor_idx) -> 410 */
+    uint32_t floor_idx;
+    uint64_t last_lsn;      /* last position broadcast */
+    uint32_t last_idx;
+    int have_last;
+
+    /* replication */
+    PGconn *repl;
+    int rstate;
+    int64_t rwait_until;
+    int rbackoff;           /* seconds */
+    int repl_ever;
+    char server_version[32];
+    uint64_t slot_confirmed;  /* the slot's confirmed_flush_lsn when found */
+    int slot_found;
+    uint64_t cur_commit;      /* commit LSN of the open transaction */
+    uint32_t cur_n;
+    int in_txn;
+    uint64_t done_commit;     /* newest transaction handed out entirely */
+    uint64_t wal_end;         /* server's WAL end from the stream */
+    uint64_t processed;       /* last LSN processed */
+    uint64_t confirmed;       /* last LSN confirmed to the server */
+    int64_t last_txn_ms;      /* when a B/C last arrived */
+    int64_t last_status_ms;
+    int reply_now;
+    int repl_more;            /* libpq may hold more messages */
+    int64_t stop_deadline;
+
+    /* catalog connection */
+    PGconn *cat;
+    int cstate;               /* 0 down, 1 connecting, 2 idle, 3 busy */
+    int64_t cat_retry;
+    lookup *lk_head, *lk_tail;
+
+    /* json scratch */
+    json_tok *toks;
+    w2j_col *cols;
+    unsigned ntoks, ncols;
+
+    /* metrics */
+    uint64_t m_changes, m_frames, m_bytes, m_drop_slow, m_drop_proto,
+             m_drop_timeout, m_reconnects, m_resumes, m_skipped;
+} server;
+
+static server S;
+
+#define TOKS_MAX 65536
+#define COLS_MAX 4096
+#define REQ_MAX 8192
+#define REQUEST_TIMEOUT_MS 10000
+#define CLOSE_TIMEOUT_MS 5000
+#define LINGER_MS 2000
+#define TABLE_CACHE_MS 5000
+
+static int pos_cmp(uint64_t al, uint32_t ai, uint64_t bl, uint32_t bi)
+{
+    if (al != bl)
+        return al < bl ? -1 : 1;
+    return ai < bi ? -1 : ai > bi;
+}
+
+/* ==== Frames and the history =========================================== */
+
+/* Frames come from per-size free lists so that the hot path does not call
+ * malloc for each change; each list keeps at most POOL_KEEP bytes. */
+#define NCLASS 6
+#define POOL_KEEP (4u << 20)
+static const size_t class_size[NCLASS] = { 256, 512, 1024, 2048, 4096, 8192 };
+static frame *pool[NCLASS];
+static size_t pool_count[NCLASS];
+
+static frame *frame_new(size_t len)
+{
+    size_t need = sizeof(frame) + len;
+    frame *f;
+    int cls;
+    for (cls = 0; cls < NCLASS && class_size[cls] < need; cls++)
+        ;
+    if (cls < NCLASS && pool[cls]) {
+        f = pool[cls];
+        pool[cls] = *(frame **)f->data;
+        pool_count[cls]--;
+    } else {
+        f = xmalloc(cls < NCLASS ? class_size[cls] : need);
+    }
+    memset(f, 0, sizeof *f);
+    f->refs = 1;
+    f->cls = (uint8_t)cls;
+    f->len = len;
+    return f;
+}
+
+static size_t frame_cost(const frame *f)
+{
+    return f->cls < NCLASS ? class_size[f->cls] : sizeof(frame) + f->len;
+}
+
+static void frame_unref(frame *f)
+{
+    if (--f->refs)
+        return;
+    if (f->cls < NCLASS && (pool_count[f->cls] + 1) * class_size[f->cls] <= POOL_KEEP) {
+        *(frame **)f->data = pool[f->cls];
+        pool[f->cls] = f;
+        pool_count[f->cls]++;
+    } else {
+        free(f);
+    }
+}
+
+/* A frame holding a WebSocket message (opcode, payload). */
+static frame *frame_ws(int opcode, const void *payload, size_t n)
+{
+    uint8_t h[10];
+    size_t hl = ws_frame_header(h, opcode, n);
+    frame *f = frame_new(hl + n);
+    memcpy(f->data, h, hl);
+    if (n)
+        memcpy(f->data + hl, payload, n);
+    f->hdr = (uint32_t)hl;
+    return f;
+}
+
+static frame *hist_at(uint64_t seq)
+{
+    if (seq < S.hfirst_seq || seq >= S.hfirst_seq + S.hn)
+        return NULL;
+    return S.hist[(S.hhead + (seq - S.hfirst_seq)) & (S.hcap - 1)];
+}
+
+static void hist_evict(void)
+{
+    frame *f = S.hist[S.hhead];
+    S.hhead = (S.hhead + 1) & (S.hcap - 1);
+    S.hn--;
+    S.hfirst_seq++;
+    S.hbytes -= frame_cost(f);
+    /* whoever saw the evicted change can still resume; before it, not */
+    if (pos_cmp(f->lsn, f->idx, S.floor_lsn, S.floor_idx) > 0) {
+        S.floor_lsn = f->lsn;
+        S.floor_idx = f->idx;
+    }
+    frame_unref(f);
+}
+
+/* Keeps f (takes a reference) and gives it the next sequence number. */
+static void hist_push(frame *f)
+{
+    f->seq = S.next_seq++;
+    if (!S.cfg.history) {
+        S.hfirst_seq = S.next_seq;
+        S.floor_lsn = f->lsn;
+        S.floor_idx = f->idx;
+        return;
+    }
+    if (S.hn == S.hcap) {
+        size_t ncap = S.hcap ? S.hcap * 2 : 1024;
+        frame **nh = xmalloc(ncap * sizeof *nh);
+        for (size_t i = 0; i < S.hn; i++)
+            nh[i] = S.hist[(S.hhead + i) & (S.hcap - 1)];
+        free(S.hist);
+        S.hist = nh;
+        S.hcap = ncap;
+        S.hhead = 0;
+    }
+    f->refs++;
+    S.hist[(S.hhead + S.hn) & (S.hcap - 1)] = f;
+    S.hn++;
+    S.hbytes += frame_cost(f);
+    while (S.hbytes > S.cfg.history && S.hn > 0)
+        hist_evict();
+}
+
+/* First history sequence number whose position is after (lsn, idx). */
+static uint64_t hist_after(uint64_t lsn, uint32_t idx)
+{
+    size_t lo = 0, hi = S.hn;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        frame *f = S.hist[(S.hhead + mid) & (S.hcap - 1)];
+        if (pos_cmp(f->lsn, f->idx, lsn, idx) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return S.hfirst_seq + lo;
+}
+
+/* ==== Subscriptions ===================================================== */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into out (room for n+1), '+' meaning a space.
+ * Returns the length, or -1 on a bad escape or a NUL byte. */
+static long pct_decode(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            int h, l;
+            if (i + 2 >= n)
+                return -1;
+            h = hexval((unsigned char)s[i + 1]);
+            l = hexval((unsigned char)s[i + 2]);
+            if (h < 0 || l < 0)
+                return -1;
+            c = h * 16 + l;
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (c == 0)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return (long)o;
+}
+
+void params_free(ws_params *p)
+{
+    free(p->filters);
+    free(p->buf);
+    memset(p, 0, sizeof *p);
+}
+
+int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t errlen)
+{
+    size_t cnt = 1, o = 0;
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        cnt += qs[i] == '&';
+    out->buf = xmalloc(n + 2 * cnt + 1);
+    out->filters = xmalloc(cnt * sizeof *out->filters);
+    while (n) {
+        size_t k = 0;
+        while (k < n && qs[k] != '&')
+            k++;
+        if (k) {
+            const char *eq = memchr(qs, '=', k);
+            size_t nl = eq ? (size_t)(eq - qs) : k;
+            const char *v = eq ? eq + 1 : qs + k;
+            size_t vl = eq ? k - nl - 1 : 0;
+            char *name = out->buf + o;
+            long dn = pct_decode(qs, nl, name);
+            if (dn < 0)
+                goto bad;
+            o += (size_t)dn + 1;
+            char *val = out->buf + o;
+            long dv = pct_decode(v, vl, val);
+            if (dv < 0)
+                goto bad;
+            o += (size_t)dv + 1;
+            char **slot = NULL;
+            if (!strcmp(name, "query")) slot = &out->query;
+            else if (!strcmp(name, "token")) slot = &out->token;
+            else if (!strcmp(name, "since")) slot = &out->since;
+            else if (!strcmp(name, "grant")) slot = &out->grant;
+            else if (!strcmp(name, "filter")) out->filters[out->nfilters++] = val;
+            /* other parameters (cache busters and the like) are ignored */
+            if (slot) {
+                if (*slot) {
+                    snprintf(err, errlen, "parameter \"%s\" given more than once", name);
+                    params_free(out);
+                    return -1;
+                }
+                *slot = val;
+            }
+        }
+        if (k == n)
+            break;
+        qs += k + 1;
+        n -= k + 1;
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "malformed percent-encoding in the query string");
+    params_free(out);
+    return -1;
+}
+
+/* ---- numbers ---- */
+
+int num_parse(const char *s, size_t n, int lax, decnum *d)
+{
+    size_t i = 0;
+    memset(d, 0, sizeof *d);
+    if (i < n && (s[i] == '-' || (lax && s[i] == '+')))
+        d->neg = s[i++] == '-';
+    size_t is = i;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++;
+    size_t ilen = i - is;
+    if (!lax && (ilen == 0 || (ilen > 1 && s[is] == '0')))
+        return -1;
+    d->ip = s + is;
+    d->in = ilen;
+    while (d->in && *d->ip == '0') {
+        d->ip++;
+        d->in--;
+    }
+    if (i < n && s[i] == '.') {
+        i++;
+        size_t fs = i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+        d->fp = s + fs;
+        d->fn = i - fs;
+        if (d->fn == 0 && (!lax || ilen == 0))
+            return -1;
+    } else {
+        d->fp = s + i;
+    }
+    if (ilen == 0 && d->fn == 0)
+        return -1;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        int eneg = 0;
+        long e = 0;
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            eneg = s[i++] == '-';
+        if (i == n || s[i] < '0' || s[i] > '9')
+            return -1;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (e < 1000000000L)
+                e = e * 10 + (s[i] - '0');
+            i++;
+        }
+        d->exp = eneg ? -e : e;
+    }
+    if (i != n)
+        return -1;
+    /* trailing zeros of the fraction do not change the value */
+    while (d->fn && d->fp[d->fn - 1] == '0')
+        d->fn--;
+    return 0;
+}
+
+/* Digit k (0 = most significant) of the significant digits, '0' past the end. */
+static char num_digit(const decnum *d, size_t skip, size_t k)
+{
+    k += skip;
+    if (k < d->in)
+        return d->ip[k];
+    k -= d->in;
+    return k < d->fn ? d->fp[k] : '0';
+}
+
+/* Significant digits: count, leading fraction zeros to skip, and the decimal
+ * exponent of the first significant digit.  Returns 0 for zero. */
+static size_t num_sig(const decnum *d, size_t *skip, long *top)
+{
+    size_t lead = 0;
+    if (d->in) {
+        *skip = 0;
+        *top = (long)d->in - 1 + d->exp;
+        return d->in + d->fn;
+    }
+    while (lead < d->fn && d->fp[lead] == '0')
+        lead++;
+    if (lead == d->fn)
+        return 0;
+    *skip = lead;
+    *top = -(long)lead - 1 + d->exp;
+    return d->fn - lead;
+}
+
+int num_cmp(const decnum *a, const decnum *b)
+{
+    size_t askip = 0, bskip = 0;
+    long atop = 0, btop = 0;
+    size_t an = num_sig(a, &askip, &atop), bn = num_sig(b, &bskip, &btop);
+    int asign = an ? (a->neg ? -1 : 1) : 0;
+    int bsign = bn ? (b->neg ? -1 : 1) : 0;
+    if (asign != bsign)
+        return asign < bsign ? -1 : 1;
+    if (!asign)
+        return 0;
+    int mag;
+    if (atop != btop) {
+        mag = atop < btop ? -1 : 1;
+    } else {
+        size_t m = an > bn ? an : bn;
+        mag = 0;
+        for (size_t k = 0; k < m && !mag; k++) {
+            char x = num_digit(a, askip, k), y = num_digit(b, bskip, k);
+            if (x != y)
+                mag = x < y ? -1 : 1;
+        }
+    }
+    return asign < 0 ? -mag : mag;
+}
+
+/* ---- positions and the tables allow-list ---- */
+
+int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx)
+{
+    const char *colon = NULL;
+    for (size_t i = n; i > 0; i--)
+        if (s[i - 1] == ':') {
+            colon = s + i - 1;
+            break;
+        }
+    if (!colon || lsn_parse(s, (size_t)(colon - s), lsn))
+        return -1;
+    size_t dn = n - (size_t)(colon - s) - 1;
+    uint64_t v = 0;
+    if (dn == 0 || dn > 10)
+        return -1;
+    for (size_t i = 0; i < dn; i++) {
+        char c = colon[1 + i];
+        if (c < '0' || c > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(c - '0');
+    }
+    if (v > UINT32_MAX)
+        return -1;
+    *idx = (uint32_t)v;
+    return 0;
+}
+
+/* One part of an add-tables element, with backslash escapes: matches name? */
+static int w2j_part_match(const char *p, size_t n, const char *name)
+{
+    if (n == 1 && p[0] == '*')
+        return 1;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n)
+            c = p[++i];
+        if (name[j] != c)
+            return 0;
+        j++;
+    }
+    return name[j] == 0;
+}
+
+int tables_allow(const char *list, const char *schema, const char *tbl)
+{
+    const char *s = list;
+    if (!list)
+        return 1;
+    for (;;) {
+        size_t i = 0, dot = (size_t)-1;
+        while (s[i] && s[i] != ',') {
+            if (s[i] == '\\' && s[i + 1]) {
+                i += 2;
+                continue;
+            }
+            if (s[i] == '.' && dot == (size_t)-1)
+                dot = i;
+            i++;
+        }
+        size_t n = i;
+        const char *e = trim(s, &n);
+        if (dot != (size_t)-1) {
+            size_t d = dot - (size_t)(e - s);
+            if (w2j_part_match(e, d, schema) && w2j_part_match(e + d + 1, n - d - 1, tbl))
+                return 1;
+        } else if (n && w2j_part_match(e, n, tbl) && !strcmp(schema, "public")) {
+            return 1;   /* an unqualified name means public, as in SQL */
+        }
+        if (!s[i])
+            return 0;
+        s += i + 1;
+    }
+}
+
+/* ---- parsing a subscription ---- */
+
+/* A bump allocator over the spec's single block. */
+typedef struct arena {
+    char *p;
+    size_t used, cap;
+} arena;
+
+static void *arena_get(arena *a, size_t n)
+{
+    size_t at = (a->used + 7) & ~(size_t)7;
+    if (at + n > a->cap)
+        return NULL;   /* cannot happen: the block is sized for the worst case */
+    a->used = at + n;
+    return a->p + at;
+}
+
+static char *arena_str(arena *a, const char *s, size_t n)
+{
+    char *d = arena_get(a, n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+/* Reads a name that may be double-quoted ("" inside quotes is a quote),
+ * ending at stop or at the end.  Returns the bytes consumed or -1. */
+static long read_name(const char *s, size_t n, char stop, char *out, size_t *outn)
+{
+    size_t i = 0, o = 0;
+    if (n && s[0] == '"') {
+        for (i = 1; i < n; i++) {
+            if (s[i] == '"') {
+                if (i + 1 < n && s[i + 1] == '"') {
+                    out[o++] = '"';
+                    i++;
+                    continue;
+                }
+                i++;
+                if (i < n && s[i] != stop)
+                    return -1;
+                *outn = o;
+                return (long)i;
+            }
+            out[o++] = s[i];
+        }
+        return -1;   /* no closing quote */
+    }
+    while (i < n && s[i] != stop)
+        out[o++] = s[i++];
+    *outn = o;
+    return (long)i;
+}
+
+static int parse_types(const char *s, size_t n, uint8_t *types)
+{
+    *types = 0;
+    if (n == 0)
+        return -1;
+    for (;;) {
+        size_t k = 0;
+        while (k < n && s[k] != ',')
+            k++;
+        size_t tn = k;
+        const char *t = trim(s, &tn);
+        if (ieq(t, tn, "*")) *types |= SUB_ALL;
+        else if (ieq(t, tn, "insert")) *types |= SUB_INSERT;
+        else if (ieq(t, tn, "update")) *types |= SUB_UPDATE;
+        else if (ieq(t, tn, "delete")) *types |= SUB_DELETE;
+        else if (ieq(t, tn, "truncate")) *types |= SUB_TRUNCATE;
+        else return -1;
+        if (k == n)
+            return 0;
+        s += k + 1;
+        n -= k + 1;
+    }
+}
+
+/* Splits an in-list into values; elements may be double-quoted with \" and
+ * \\ escapes.  Returns the count, or -1. */
+static int parse_in_list(arena *a, const char *s, size_t n, fval *vals, unsigned max)
+{
+    unsigned cnt = 0;
+    if (n >= 2 && s[0] == '(' && s[n - 1] == ')') {
+        s++;
+        n -= 2;
+    }
+    if (n == 0)
+        return -1;
+    size_t i = 0;
+    for (;;) {
+        char *buf = arena_get(a, n + 1);
+        size_t o = 0;
+        if (!buf || cnt == max)
+            return -1;
+        if (i < n && s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++) {
+                if (s[i] == '\\' && i + 1 < n && (s[i + 1] == '"' || s[i + 1] == '\\'))
+                    i++;
+                buf[o++] = s[i];
+            }
+            if (i == n)
+                return -1;   /* unterminated quote */
+            i++;
+            if (i < n && s[i] != ',')
+                return -1;
+        } else {
+            while (i < n && s[i] != ',')
+                buf[o++] = s[i++];
+        }
+        buf[o] = 0;
+        vals[cnt].s = buf;
+        vals[cnt].n = o;
+        vals[cnt].isnum = num_parse(buf, o, 1, &vals[cnt].num) == 0;
+        cnt++;
+        if (i == n)
+            return (int)cnt;
+        i++;   /* the comma */
+    }
+}
+
+static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filter *f)
+{
+    size_t n = strlen(s), cn = 0;
+    char *col = arena_get(a, n + 1);
+    long used = col ? read_name(s, n, '.', col, &cn) : -1;
+    memset(f, 0, sizeof *f);
+    f->text = arena_str(a, s, n);
+    if (used < 0 || (size_t)used >= n || cn == 0) {
+        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
+        return -1;
+    }
+    col[cn] = 0;
+    f->col = col;
+    f->col_len = cn;
+    const char *op = s + used + 1;
+    const char *dot = strchr(op, '.');
+    if (!dot) {
+        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
+        return -1;
+    }
+    size_t on = (size_t)(dot - op);
+    const char *val = dot + 1;
+    size_t vn = strlen(val);
+    static const char *ops[] = { "eq", "neq", "lt", "lte", "gt", "gte", "in", "is" };
+    unsigned k;
+    for (k = 0; k < 8; k++)
+        if (strlen(ops[k]) == on && !memcmp(op, ops[k], on))
+            break;
+    if (k == 8) {
+        snprintf(err, errlen, "unknown operator \"%.*s\" in filter \"%s\" (expected eq, neq, lt, lte, gt, gte, in or is)",
+                 (int)on, op, s);
+        return -1;
+    }
+    f->op = (uint8_t)k;
+    if (k == OP_IS) {
+        if (!strcmp(val, "null")) f->is = IS_NULL;
+        else if (!strcmp(val, "true")) f->is = IS_TRUE;
+        else if (!strcmp(val, "false")) f->is = IS_FALSE;
+        else {
+            snprintf(err, errlen, "bad filter \"%s\": is takes null, true or false", s);
+            return -1;
+        }
+        return 0;
+    }
+    if (k == OP_IN) {
+        unsigned max = (unsigned)vn + 1;
+        f->vals = arena_get(a, max * sizeof(fval));
+        int cnt = f->vals ? parse_in_list(a, val, vn, f->vals, max) : -1;
+        if (cnt < 0) {
+            snprintf(err, errlen, "bad filter \"%s\": in takes (a,b,...) with optional \"quoted\" elements", s);
+            return -1;
+        }
+        f->nvals = (unsigned)cnt;
+        return 0;
+    }
+    f->vals = arena_get(a, sizeof(fval));
+    f->nvals = 1;
+    f->vals[0].s = arena_str(a, val, vn);
+    f->vals[0].n = vn;
+    f->vals[0].isnum = num_parse(f->vals[0].s, vn, 1, &f->vals[0].num) == 0;
+    return 0;
+}
+
+spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
+                 char *err, size_t errlen)
+{
+    size_t total = strlen(query) + 1;
+    for (unsigned i = 0; i < nfilters; i++)
+        total += strlen(filters[i]) + 1;
+    unsigned nf = nfilters + 1;
+    size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
+                 6 * total + 32 * nf + 256;
+    arena a = { xmalloc(cap), 0, cap };
+    spec *sp = arena_get(&a, sizeof *sp);
+    memset(sp, 0, sizeof *sp);
+    sp->filters = arena_get(&a, nf * sizeof(filter));
+
+    const char *c1 = strchr(query, ':');
+    if (!*query) {
+        snprintf(err, errlen, "empty query: expected types:table[:filter]");
+        goto fail;
+    }
+    if (!c1) {
+        snprintf(err, errlen, "bad query \"%s\": expected types:table[:filter]", query);
+        goto fail;
+    }
+    if (parse_types(query, (size_t)(c1 - query), &sp->types)) {
+        snprintf(err, errlen, "bad change types \"%.*s\": expected a comma list of insert, update, delete, truncate, or *",
+                 (int)(c1 - query), query);
+        goto fail;
+    }
+    const char *tstart = c1 + 1;
+    const char *c2 = strchr(tstart, ':');
+    size_t tn = c2 ? (size_t)(c2 - tstart) : strlen(tstart);
+    char *p1 = arena_get(&a, tn + 1), *p2 = arena_get(&a, tn + 1);
+    size_t n1 = 0, n2 = 0;
+    long u1 = read_name(tstart, tn, '.', p1, &n1);
+    if (u1 < 0 || n1 == 0) {
+        snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
+        goto fail;
+    }
+    p1[n1] = 0;
+    if ((size_t)u1 < tn) {
+        long u2 = read_name(tstart + u1 + 1, tn - (size_t)u1 - 1, 0, p2, &n2);
+        if (u2 < 0 || n2 == 0 || (size_t)u1 + 1 + (size_t)u2 != tn) {
+            snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
+            goto fail;
+        }
+        p2[n2] = 0;
+        sp->schema = p1;
+        sp->table = p2;
+    } else {
+        sp->schema = arena_str(&a, "public", 6);
+        sp->table = p1;
+    }
+    if (c2) {
+        if (parse_filter(&a, c2 + 1, err, errlen, &sp->filters[sp->nfilters]))
+            goto fail;
+        sp->nfilters++;
+    }
+    for (unsigned i = 0; i < nfilters; i++) {
+        if (parse_filter(&a, filters[i], err, errlen, &sp->filters[sp->nfilters]))
+            goto fail;
+        sp->nfilters++;
+    }
+    /* canonical key: length-prefixed parts, so no two specs can collide */
+    sbuf k = { 0 };
+    sb_printf(&k, "%u|%zu:%s|%zu:%s", sp->types, strlen(sp->schema), sp->schema,
+              strlen(sp->table), sp->table);
+    for (unsigned i = 0; i < sp->nfilters; i++)
+        sb_printf(&k, "|%zu:%s", strlen(sp->filters[i].text), sp->filters[i].text);
+    sp->key = arena_str(&a, k.p, k.n);
+    free(k.p);
+    if (!sp->key) {
+        snprintf(err, errlen, "query too long");
+        goto fail;
+    }
+    return sp;
+fail:
+    free(a.p);
+    return NULL;
+}
+
+/* ---- matching a change ---- */
+
+static const w2j_col *find_col(const w2j_col *cols, unsigned n, const filter *f)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (json_str_eq(cols[i].name, f->col, f->col_len))
+            return &cols[i];
+    return NULL;
+}
+
+static char *scratch;
+static size_t scratch_cap;
+
+/* Compares a column's value with a filter value: <0, 0, >0. */
+static int value_cmp(const w2j_col *c, const fval *v)
+{
+    const char *t = c->value.p;
+    size_t tn = c->value.n;
+    if (c->vtype == JSON_NUMBER && v->isnum) {
+        decnum d;
+        if (num_parse(t, tn, 0, &d) == 0)
+            return num_cmp(&d, &v->num);
+    }
+    if (c->vtype == JSON_STRING && memchr(t, '\\', tn)) {
+        if (scratch_cap < tn + 1) {
+            scratch_cap = tn + 1;
+            scratch = xrealloc(scratch, scratch_cap);
+        }
+        long un = json_unescape(t, tn, scratch, scratch_cap);
+        if (un < 0)
+            return 1;   /* cannot happen for what the tokenizer accepted */
+        t = scratch;
+        tn = (size_t)un;
+    }
+    size_t m = tn < v->n ? tn : v->n;
+    int r = memcmp(t, v->s, m);
+    if (r)
+        return r;
+    return tn < v->n ? -1 : tn > v->n;
+}
+
+static int filter_eval(const filter *f, const w2j_col *c)
+{
+    if (!c)
+        return 0;
+    if (f->op == OP_IS)
+        return (f->is == IS_NULL && c->vtype == JSON_NULL) ||
+               (f->is == IS_TRUE && c->vtype == JSON_TRUE) ||
+               (f->is == IS_FALSE && c->vtype == JSON_FALSE);
+    if (c->vtype == JSON_NULL || c->vtype == JSON_NONE)
+        return 0;
+    if (f->op == OP_IN) {
+        for (unsigned i = 0; i < f->nvals; i++)
+            if (value_cmp(c, &f->vals[i]) == 0)
+                return 1;
+        return 0;
+    }
+    int r = value_cmp(c, &f->vals[0]);
+    switch (f->op) {
+    case OP_EQ: return r == 0;
+    case OP_NEQ: return r != 0;
+    case OP_LT: return r < 0;
+    case OP_LTE: return r <= 0;
+    case OP_GT: return r > 0;
+    default: return r >= 0;
+    }
+}
+
+static uint8_t action_bit(char a)
+{
+    switch (a) {
+    case 'I': return SUB_INSERT;
+    case 'U': return SUB_UPDATE;
+    case 'D': return SUB_DELETE;
+    case 'T': return SUB_TRUNCATE;
+    default: return 0;
+    }
+}
+
+int spec_match(const spec *s, const w2j_record *r)
+{
+    uint8_t bit = action_bit(r->action);
+    if (!(s->types & bit))
+        return 0;
+    if (bit == SUB_TRUNCATE)
+        return 1;
+    for (unsigned i = 0; i < s->nfilters; i++) {
+        const filter *f = &s->filters[i];
+        const w2j_col *c = NULL;
+        if (bit != SUB_DELETE)
+            c = find_col(r->cols, r->ncols, f);
+        if (!c && bit != SUB_INSERT)   /* update: unchanged TOAST; delete: old key */
+            c = find_col(r->cols + r->ncols, r->nident, f);
+        if (!filter_eval(f, c))
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- tables and groups ---- */
+
+static uint32_t name_hash(const char *s, size_t sn, const char *t, size_t tn)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < sn; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    h = (h ^ 0xff) * 16777619u;
+    for (size_t i = 0; i < tn; i++)
+        h = (h ^ (uint8_t)t[i]) * 16777619u;
+    return h;
+}
+
+/* Finds the table (raw names); creates it when create is set. */
+static table *table_get(const char *schema, size_t sn, const char *name, size_t tn, int create)
+{
+    uint32_t h = name_hash(schema, sn, name, tn);
+    if (!S.tabs) {
+        if (!create)
+            return NULL;
+        S.ntabs_buckets = 256;
+        S.tabs = calloc(S.ntabs_buckets, sizeof *S.tabs);
+        if (!S.tabs)
+            exit(2);
+    }
+    table **b = &S.tabs[h & (S.ntabs_buckets - 1)];
+    for (table *t = *b; t; t = t->next)
+        if (t->hash == h && strlen(t->schema) == sn && !memcmp(t->schema, schema, sn) &&
+            strlen(t->name) == tn && !memcmp(t->name, name, tn))
+            return t;
+    if (!create)
+        return NULL;
+    table *t = xmalloc(sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->schema = xstrndup(schema, sn);
+    t->name = xstrndup(name, tn);
+    t->hash = h;
+    t->next = *b;
+    *b = t;
+    S.ntabs++;
+    return t;
+}
+
+/* The table a wal2json record names (its names may be escaped). */
+static table *table_of_record(const w2j_record *r)
+{
+    char sbuf_[256], tbuf[256];
+    const char *s = r->schema.p, *t = r->table.p;
+    size_t sn = r->schema.n, tn = r->table.n;
+    if (memchr(s, '\\', sn)) {
+        long n = json_unescape(s, sn, sbuf_, sizeof sbuf_);
+        if (n < 0)
+            return NULL;
+        s = sbuf_;
+        sn = (size_t)n;
+    }
+    if (memchr(t, '\\', tn)) {
+        long n = json_unescape(t, tn, tbuf, sizeof tbuf);
+        if (n < 0)
+            return NULL;
+        t = tbuf;
+        tn = (size_t)n;
+    }
+    return table_get(s, sn, t, tn, 0);
+}
+
+static void group_join(client *c, spec *sp, table *t)
+{
+    group *g;
+    for (g = t->groups; g; g = g->next)
+        if (!strcmp(g->sp->key, sp->key))
+            break;
+    if (g) {
+        free(sp);
+    } else {
+        g = xmalloc(sizeof *g);
+        memset(g, 0, sizeof *g);
+        g->sp = sp;
+        g->tab = t;
+        g->next = t->groups;
+        t->groups = g;
+    }
+    c->grp = g;
+    c->gprev = NULL;
+    c->gnext = g->members;
+    if (g->members)
+        g->members->gprev = c;
+    g->members = c;
+    g->nmembers++;
+}
+
+static void group_leave(client *c)
+{
+    group *g = c->grp;
+    if (!g)
+        return;
+    if (c->gprev) c->gprev->gnext = c->gnext;
+    else g->members = c->gnext;
+    if (c->gnext)
+        c->gnext->gprev = c->gprev;
+    c->grp = NULL;
+    if (--g->nmembers == 0) {
+        group **pp = &g->tab->groups;
+        while (*pp != g)
+            pp = &(*pp)->next;
+        *pp = g->next;
+        free(g->sp);
+        free(g);
+    }
+}
+
+/* ==== Clients =========================================================== */
+
+#define SLOT_LISTEN 0
+#define SLOT_PIPE 1
+#define SLOT_REPL 2
+#define SLOT_CAT 3
+#define SLOT_FIRST 4
+
+static client *graveyard;    /* closed this iteration, freed at its end */
+
+static void set_events(client *c)
+{
+    short ev = 0;
+    if (c->fd < 0)
+        return;
+    if (c->state != C_PENDING)
+        ev |= POLLIN;
+    if (c->pollout)
+        ev |= POLLOUT;
+    S.pfd[c->slot].events = ev;
+}
+
+static void mark_dirty(client *c)
+{
+    if (!c->dirty && c->fd >= 0) {
+        c->dirty = 1;
+        c->dnext = S.dirty;
+        S.dirty = c;
+    }
+}
+
+static void q_clear(client *c, int keep_started)
+{
+    while (c->qn > (keep_started && c->qoff ? 1u : 0u)) {
+        uint32_t last = (c->qhead + c->qn - 1) & (c->qcap - 1);
+        c->qbytes -= c->q[last]->len;
+        frame_unref(c->q[last]);
+        c->qn--;
+    }
+    if (!c->qn) {
+        c->qoff = 0;
+        c->qbytes = 0;
+    }
+}
+
+/* Queues f (taking a reference).  A change frame that would take the
+ * queue past max_queue closes the client as a slow consumer. */
+static void client_queue(client *c, frame *f);
+static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply);
+
+static void q_push(client *c, frame *f)
+{
+    if (c->qn == c->qcap) {
+        uint32_t ncap = c->qcap ? c->qcap * 2 : 8;
+        frame **nq = xmalloc(ncap * sizeof *nq);
+        for (uint32_t i = 0; i < c->qn; i++)
+            nq[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
+        free(c->q);
+        c->q = nq;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    f->refs++;
+    c->q[(c->qhead + c->qn) & (c->qcap - 1)] = f;
+    c->qn++;
+    c->qbytes += f->len;
+    mark_dirty(c);
+}
+
+static void client_queue(client *c, frame *f)
+{
+    if (f->change && c->qn && c->qbytes + f->len > S.cfg.max_queue) {
+        log_info("client %llu %s: dropped as a slow consumer (%zu bytes queued)",
+                 (unsigned long long)c->id, c->addr, c->qbytes);
+        S.m_drop_slow++;
+        client_ws_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", 1);
+        return;
+    }
+    q_push(c, f);
+}
+
+static void client_free_mem(client *c)
+{
+    q_clear(c, 0);
+    free(c->q);
+    free(c->req);
+    if (c->pend) {
+        if (c->pend->lk)
+            *(client **)c->pend->lk = NULL;   /* the look-up outlives us */
+        free(c->pend->sp);
+        params_free(&c->pend->prm);
+        free(c->pend);
+    }
+    free(c);
+}
+
+/* Closes the TCP connection now; the memory goes at the end of the loop. */
+static void client_close(client *c)
+{
+    if (c->fd < 0)
+        return;
+    if (c->counted)
+        S.nclients--;
+    group_leave(c);
+    close(c->fd);
+    c->fd = -1;
+    /* swap the last poll slot into ours */
+    int last = S.npfd - 1;
+    if (c->slot != last) {
+        S.pfd[c->slot] = S.pfd[last];
+        S.pcl[c->slot] = S.pcl[last];
+        S.pcl[c->slot]->slot = c->slot;
+    }
+    S.npfd--;
+    S.nconns--;
+    c->dnext = NULL;
+    c->gnext = graveyard;   /* out of its group now: reuse the link */
+    graveyard = c;
+}
+
+static void graveyard_free(void)
+{
+    while (graveyard) {
+        client *c = graveyard;
+        graveyard = c->gnext;
+        c->gnext = NULL;
+        client_free_mem(c);
+    }
+}
+
+/* Starts the closing handshake with code (0: empty payload).  Frames not
+ * yet started are dropped; wait_reply waits for the peer's close (up to
+ * CLOSE_TIMEOUT_MS), otherwise TCP closes once the close frame is out. */
+static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply)
+{
+    uint8_t buf[129];
+    if (c->sent_close || c->fd < 0)
+        return;
+    q_clear(c, 1);
+    size_t n = ws_close_frame(buf, code, reason);
+    frame *f = frame_new(n);
+    memcpy(f->data, buf, n);
+    q_push(c, f);
+    frame_unref(f);
+    c->sent_close = 1;
+    c->state = C_CLOSING;
+    c->replaying = 0;
+    group_leave(c);
+    c->close_after = (uint8_t)(!wait_reply || c->got_close);
+    c->deadline = S.now + CLOSE_TIMEOUT_MS;
+}
+
+static void replay_fill(client *c);
+
+/* Writes as much of the queue as the socket takes. */
+static void client_write(client *c)
+{
+    for (int rounds = 0; c->fd >= 0 && rounds < 64; rounds++) {
+        if (!c->qn && c->replaying)
+            replay_fill(c);
+        if (!c->qn)
+            break;
+        struct iovec iov[128];
+        int k = 0;
+        size_t off = c->qoff;
+        for (uint32_t i = 0; i < c->qn && k < 128; i++, k++) {
+            frame *f = c->q[(c->qhead + i) & (c->qcap - 1)];
+            iov[k].iov_base = f->data + off;
+            iov[k].iov_len = f->len - off;
+            off = 0;
+        }
+        ssize_t w = writev(c->fd, iov, k);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            log_debug("client %llu %s: write failed: %s", (unsigned long long)c->id, c->addr,
+                      strerror(errno));
+            client_close(c);
+            return;
+        }
+        S.m_bytes += (uint64_t)w;
+        size_t left = (size_t)w;
+        while (left) {
+            frame *f = c->q[c->qhead];
+            size_t rem = f->len - c->qoff;
+            if (left < rem) {
+                c->qoff += (uint32_t)left;
+                break;
+            }
+            left -= rem;
+            c->qoff = 0;
+            c->qhead = (c->qhead + 1) & (c->qcap - 1);
+            c->qn--;
+            c->qbytes -= f->len;
+            if (f->change)
+                S.m_frames++;
+            frame_unref(f);
+        }
+        if (c->replaying && c->qbytes < S.cfg.max_queue / 4)
+            replay_fill(c);
+    }
+    if (c->fd < 0)
+        return;
+    int want = c->qn > 0;
+    if (!c->qn && c->qcap > 64) {   /* give back a big ring once drained */
+        free(c->q);
+        c->q = NULL;
+        c->qcap = 0;
+        c->qhead = 0;
+    }
+    if (!c->qn && c->close_after) {
+        if (c->state == C_HTTP || c->state == C_LINGER || c->state == C_PENDING) {
+            /* an HTTP answer: stop sending, drain what the peer still sends */
+            shutdown(c->fd, SHUT_WR);
+            c->state = C_LINGER;
+            c->close_after = 0;
+            c->deadline = S.now + LINGER_MS;
+        } else {
+            client_close(c);
+            return;
+        }
+    }
+    if (want != c->pollout) {
+        c->pollout = (uint8_t)want;
+        set_events(c);
+    }
+}
+
+static void flush_dirty(void)
+{
+    while (S.dirty) {
+        client *c = S.dirty;
+        S.dirty = c->dnext;
+        c->dirty = 0;
+        c->dnext = NULL;
+        if (c->fd >= 0 && !c->pollout)
+            client_write(c);
+    }
+}
+
+/* Matches a history frame against the client's subscription. */
+static int frame_matches(client *c, frame *f)
+{
+    const spec *sp = c->grp->sp;
+    if (f->tab != c->grp->tab || !(sp->types & f->types))
+        return 0;
+    if (!sp->nfilters || f->types == SUB_TRUNCATE)
+        return 1;
+    w2j_record r;
+    if (w2j_parse((const char *)f->data + f->hdr, f->len - f->hdr, S.toks, S.ntoks,
+                  S.cols, S.ncols, &r) != JSON_OK)
+        return 0;
+    return spec_match(sp, &r);
+}
+
+/* Catching up: queues the history after the client's cursor, a part at a
+ * time, and goes live once it reaches the newest change. */
+static void replay_fill(client *c)
+{
+    size_t budget = S.cfg.max_queue / 2;
+    if (!c->grp)
+        return;
+    while (c->replaying && c->qbytes < budget) {
+        if (c->cursor >= S.next_seq) {
+            c->replaying = 0;
+            log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
+            break;
+        }
+        frame *f = hist_at(c->cursor);
+        if (!f) {
+            log_info("client %llu %s: fell behind the history while resuming", (unsigned long long)c->id,
+                     c->addr);
+            S.m_drop_slow++;
+            client_ws_close(c, WS_CLOSE_TRY_AGAIN, "fell behind the history", 1);
+            return;
+        }
+        c->cursor++;
+        if (frame_matches(c, f))
+            q_push(c, f);
+    }
+}
+
+/* Bytes from an upgraded client. */
+static void client_ws_input(client *c, uint8_t *buf, size_t n)
+{
+    while (n && c->fd >= 0 && !c->got_close) {
+        size_t used = 0;
+        unsigned code = 0;
+        int ev = ws_parse(&c->wp, buf, n, &used, &code);
+        buf += used;
+        n -= used;
+        switch (ev) {
+        case WS_EV_PING:
+            if (!c->sent_close) {
+                frame *f = frame_ws(WS_OP_PONG, c->wp.ctl, c->wp.ctl_len);
+                q_push(c, f);
+                frame_unref(f);
+            }
+            break;
+        case WS_EV_CLOSE:
+            c->got_close = 1;
+            log_info("client %llu %s: closed by peer (code %u)", (unsigned long long)c->id, c->addr, code);
+            if (c->sent_close) {
+                client_close(c);
+                return;
+            }
+            client_ws_close(c, code == 1005 ? 0 : code, NULL, 0);
+            return;
+        case WS_EV_ERROR:
+            log_info("client %llu %s: protocol error, closing with %u", (unsigned long long)c->id, c->addr, code);
+            S.m_drop_proto++;
+            if (c->sent_close) {
+                client_close(c);
+                return;
+            }
+            client_ws_close(c, code, code == WS_CLOSE_TOO_BIG ? "message too big" :
+                            code == WS_CLOSE_INVALID_DATA ? "invalid UTF-8" : "protocol error", 0);
+            c->got_close = 1;   /* read no further */
+            return;
+        default:
+            break;
+        }
+    }
+}
+
+/* ==== HTTP ============================================================== */
+
+#include "web/demo.h"
+
+typedef struct http_req {
+    slice method, target, version, path, query;
+    slice key, wsver, origin, auth, xff;
+    int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin;
+    size_t head_len;
+} http_req;
+
+/* Parses a complete request head.  Returns 1 when r is filled, 0 when more
+ * bytes are needed, -1 when the head is malformed. */
+static int http_parse(const char *b, size_t n, http_req *r)
+{
+    const char *end = NULL;
+    size_t i;
+    memset(r, 0, sizeof *r);
+    for (i = 0; i + 1 < n; i++) {
+        if (b[i] == '\n' && b[i + 1] == '\n') { end = b + i + 2; break; }
+        if (b[i] == '\n' && b[i + 1] == '\r' && i + 2 < n && b[i + 2] == '\n') { end = b + i + 3; break; }
+    }
+    if (!end)
+        return 0;
+    r->head_len = (size_t)(end - b);
+    const char *p = b, *stop = end;
+    /* request line */
+    const char *eol = memchr(p, '\n', (size_t)(stop - p));
+    size_t ln = (size_t)(eol - p);
+    if (ln && p[ln - 1] == '\r')
+        ln--;
+    const char *sp1 = memchr(p, ' ', ln);
+    if (!sp1 || sp1 == p)
+        return -1;
+    const char *sp2 = memchr(sp1 + 1, ' ', ln - (size_t)(sp1 + 1 - p));
+    if (!sp2 || sp2 == sp1 + 1)
+        return -1;
+    r->method = (slice){ p, (size_t)(sp1 - p) };
+    r->target = (slice){ sp1 + 1, (size_t)(sp2 - sp1 - 1) };
+    r->version = (slice){ sp2 + 1, ln - (size_t)(sp2 + 1 - p) };
+    for (i = 0; i < r->method.n; i++)
+        if (!isupper((unsigned char)r->method.p[i]))
+            return -1;
+    if (r->version.n != 8 || memcmp(r->version.p, "HTTP/1.", 7) ||
+        (r->version.p[7] != '0' && r->version.p[7] != '1'))
+        return -1;
+    if (r->target.p[0] != '/')
+        return -1;
+    for (i = 0; i < r->target.n; i++)
+        if ((unsigned char)r->target.p[i] <= ' ' || r->target.p[i] == 0x7f)
+            return -1;
+    const char *q = memchr(r->target.p, '?', r->target.n);
+    r->path = (slice){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.n };
+    r->query = q ? (slice){ q + 1, r->target.n - r->path.n - 1 } : (slice){ "", 0 };
+    /* header lines */
+    p = eol + 1;
+    while (p < stop) {
+        eol = memchr(p, '\n', (size_t)(stop - p));
+        ln = (size_t)(eol - p);
+        if (ln && p[ln - 1] == '\r')
+            ln--;
+        if (ln == 0)
+            break;
+        if (*p == ' ' || *p == '\t')
+            return -1;   /* obsolete line folding */
+        const char *colon = memchr(p, ':', ln);
+        if (!colon || colon == p)
+            return -1;
+        size_t nn = (size_t)(colon - p);
+        for (i = 0; i < nn; i++)
+            if (!(isalnum((unsigned char)p[i]) || strchr("!#$%&'*+-.^_`|~", p[i])))
+                return -1;
+        size_t vn = ln - nn - 1;
+        const char *v = trim(colon + 1, &vn);
+        if (ieq(p, nn, "upgrade")) {
+            r->upgrade_any = 1;
+            if (has_token(v, vn, "websocket"))
+                r->upgrade_ws = 1;
+        } else if (ieq(p, nn, "connection")) {
+            if (has_token(v, vn, "upgrade"))
+                r->conn_upgrade = 1;
+        } else if (ieq(p, nn, "sec-websocket-key")) {
+            r->key = (slice){ v, vn };
+            r->nkey++;
+        } else if (ieq(p, nn, "sec-websocket-version")) {
+            r->wsver = (slice){ v, vn };
+            r->nver++;
+        } else if (ieq(p, nn, "origin")) {
+            r->origin = (slice){ v, vn };
+            r->norigin++;
+        } else if (ieq(p, nn, "authorization")) {
+            r->auth = (slice){ v, vn };
+        } else if (ieq(p, nn, "x-forwarded-for")) {
+            r->xff = (slice){ v, vn };
+        }
+        p = eol + 1;
+    }
+    return 1;
+}
+
+static const char *status_text(int st)
+{
+    switch (st) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 410: return "Gone";
+    case 426: return "Upgrade Required";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+/* Queues a complete response and closes the connection after it. */
+static void http_respond(client *c, int st, const char *extra, const char *ctype,
+                         const void *body, size_t blen)
+{
+    sbuf b = { 0 };
+    sb_printf(&b, "HTTP/1.1 %d %s\r\nServer: pgcdc\r\nContent-Type: %s\r\n"
+              "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+              st, status_text(st), ctype, blen, extra ? extra : "");
+    frame *f = frame_new(b.n + blen);
+    memcpy(f->data, b.p, b.n);
+    if (blen)
+        memcpy(f->data + b.n, body, blen);
+    free(b.p);
+    q_clear(c, 0);
+    q_push(c, f);
+    frame_unref(f);
+    c->close_after = 1;
+    if (c->state == C_PENDING)
+        c->state = C_HTTP;
+    set_events(c);
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void http_error(client *c, int st, const char *extra, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof msg - 2)
+        n = (int)sizeof msg - 2;
+    /* one line: never let a reflected value break the body into more */
+    for (int i = 0; i < n; i++)
+        if (msg[i] == '\r' || msg[i] == '\n' || (unsigned char)msg[i] < 0x20)
+            msg[i] = ' ';
+    msg[n++] = '\n';
+    log_info("client %llu %s: refused with %d: %.*s", (unsigned long long)c->id, c->addr, st, n - 1, msg);
+    http_respond(c, st, extra, "text/plain; charset=utf-8", msg, (size_t)n);
+}
+
+static void health_body(sbuf *b);
+static void metrics_body(sbuf *b);
+static void lookup_start(client *c, spec *sp);
+static void upgrade_finish(client *c);
+
+/* Is the peer a configured trusted proxy? */
+static int trusted_peer(const char *addr)
+{
+    const char *s = S.cfg.trusted_proxies;
+    size_t an = strlen(addr);
+    while (s && *s) {
+        const char *comma = strchr(s, ',');
+        size_t n = comma ? (size_t)(comma - s) : strlen(s);
+        const char *t = trim(s, &n);
+        if (n == an && !memcmp(t, addr, n))
+            return 1;
+        s = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The client address for logs: from X-Forwarded-For when the peer is a
+ * trusted proxy (the right-most entry that is not itself trusted). */
+static void client_addr_from_xff(client *c, slice xff)
+{
+    if (!xff.n || !trusted_peer(c->addr))
+        return;
+    const char *s = xff.p;
+    size_t n = xff.n;
+    while (n) {
+        size_t k = n;
+        while (k && s[k - 1] != ',')
+            k--;
+        size_t en = n - k;
+        const char *e = trim(s + k, &en);
+        char a[48];
+        if (en && en < sizeof a) {
+            memcpy(a, e, en);
+            a[en] = 0;
+            if (!trusted_peer(a) || k == 0) {
+                char old[48];
+                memcpy(old, c->addr, sizeof old);
+                snprintf(c->addr, sizeof c->addr, "%s", a);
+                log_debug("client %llu: peer %s forwards for %s", (unsigned long long)c->id, old, c->addr);
+                return;
+            }
+        }
+        if (!k)
+            break;
+        n = k - 1;
+    }
+}
+
+static int origin_allowed(slice o)
+{
+    const char *s = S.cfg.allowed_origins;
+    while (s && *s) {
+        const char *comma = strchr(s, ',');
+        size_t n = comma ? (size_t)(comma - s) : strlen(s);
+        const char *t = trim(s, &n);
+        if ((n == 1 && *t == '*') || (n == o.n && !memcmp(t, o.p, n)))
+            return 1;
+        s = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
+static void handle_ws_request(client *c, http_req *r)
+{
+    char err[512];
+    pending *pd;
+
+    if (!ieq(r->method.p, r->method.n, "GET")) {
+        http_error(c, 405, "Allow: GET\r\n", "method %.*s not allowed on /ws: use GET", (int)r->method.n, r->method.p);
+        return;
+    }
+    if (!r->upgrade_ws) {
+        http_error(c, 426, "Upgrade: websocket\r\n",
+                   "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade");
+        return;
+    }
+    if (r->version.p[7] != '1') {
+        http_error(c, 400, NULL, "a WebSocket upgrade needs HTTP/1.1");
+        return;
+    }
+    if (!r->conn_upgrade) {
+        http_error(c, 400, NULL, "the Connection header must contain Upgrade");
+        return;
+    }
+    if (r->nver != 1 || r->wsver.n == 0) {
+        if (r->nver == 0)
+            http_error(c, 400, "Sec-WebSocket-Version: 13\r\n", "missing Sec-WebSocket-Version header (13 is supported)");
+        else
+            http_error(c, 426, "Sec-WebSocket-Version: 13\r\n", "unsupported WebSocket version: only 13 is supported");
+        return;
+    }
+    if (r->wsver.n != 2 || memcmp(r->wsver.p, "13", 2)) {
+        http_error(c, 426, "Sec-WebSocket-Version: 13\r\n", "unsupported WebSocket version \"%.*s\": only 13 is supported",
+                   (int)(r->wsver.n > 20 ? 20 : r->wsver.n), r->wsver.p);
+        return;
+    }
+    pd = xmalloc(sizeof *pd);
+    memset(pd, 0, sizeof *pd);
+    c->pend = pd;
+    if (r->nkey != 1 || ws_accept_key(r->key.p, r->key.n, pd->accept)) {
+        http_error(c, 400, NULL, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)");
+        return;
+    }
+    int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
+    if (S.cfg.token) {
+        const char *tok = NULL;
+        size_t tn = 0;
+        if (r->auth.n > 7 && ieq(r->auth.p, 7, "bearer ")) {
+            tn = r->auth.n - 7;
+            tok = trim(r->auth.p + 7, &tn);
+        } else if (!perr && pd->prm.token) {
+            tok = pd->prm.token;
+            tn = strlen(tok);
+        }
+        if (!tok) {
+            http_error(c, 401, "WWW-Authenticate: Bearer\r\n", "missing token: send Authorization: Bearer <token> or ?token=");
+            return;
+        }
+        if (!ct_equal(tok, tn, S.cfg.token, strlen(S.cfg.token))) {
+            http_error(c, 401, "WWW-Authenticate: Bearer\r\n", "invalid token");
+            return;
+        }
+    }
+    if (r->norigin > 1 || (r->norigin == 1 && !origin_allowed(r->origin))) {
+        http_error(c, 403, NULL, "origin \"%.*s\" is not allowed", (int)(r->origin.n > 200 ? 200 : r->origin.n),
+                   r->origin.p);
+        return;
+    }
+    if (perr) {
+        http_error(c, 400, NULL, "%s", err);
+        return;
+    }
+    if (!pd->prm.query) {
+        http_error(c, 400, NULL, "missing query parameter: expected /ws?query=types:table[:filter]");
+        return;
+    }
+    spec *sp = spec_parse(pd->prm.query, pd->prm.filters, pd->prm.nfilters, err, sizeof err);
+    if (!sp) {
+        http_error(c, 400, NULL, "%s", err);
+        return;
+    }
+    if (!tables_allow(S.cfg.tables, sp->schema, sp->table)) {
+        http_error(c, 403, NULL, "table %s.%s is not in the tables this server streams", sp->schema, sp->table);
+        free(sp);
+        return;
+    }
+    pd->sp = sp;
+    table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 0);
+    if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS) {
+        upgrade_finish(c);
+        return;
+    }
+    c->state = C_PENDING;
+    set_events(c);
+    lookup_start(c, sp);
+}
+
+/* Signed grants (SPEC section 11): 0 accepted, else the response is sent. */
+static int grant_check(client *c, const spec *sp)
+{
+    const char *g = c->pend->prm.grant;
+    char err[512];
+    if (!S.cfg.grant_secret)
+        return 0;
+    if (!g || !*g) {
+        http_error(c, 401, NULL, "missing grant: this server needs a signed grant (&grant=)");
+        return -1;
+    }
+    const char *dot = strchr(g, '.');
+    size_t pn = dot ? (size_t)(dot - g) : 0;
+    uint8_t payload[4096], mac[32], want[20];
+    long plen = dot ? b64url_decode(g, pn, payload, sizeof payload - 1) : -1;
+    long mlen = dot ? b64url_decode(dot + 1, strlen(dot + 1), mac, sizeof mac) : -1;
+    if (plen < 0 || mlen != 20) {
+        http_error(c, 401, NULL, "malformed grant: expected base64url(payload).base64url(mac)");
+        return -1;
+    }
+    hmac_sha1(S.cfg.grant_secret, strlen(S.cfg.grant_secret), payload, (size_t)plen, want);
+    if (!ct_equal(mac, 20, want, 20)) {
+        http_error(c, 401, NULL, "invalid grant signature");
+        return -1;
+    }
+    payload[plen] = 0;
+    if (memchr(payload, 0, (size_t)plen)) {
+        http_error(c, 401, NULL, "malformed grant payload");
+        return -1;
+    }
+    /* the payload is a query string: exp, query, filter... */
+    ws_params gp;
+    const char *exp = NULL;
+    if (params_parse((const char *)payload, (size_t)plen, &gp, err, sizeof err)) {
+        http_error(c, 401, NULL, "malformed grant payload: %s", err);
+        return -1;
+    }
+    for (const char *s = (const char *)payload; s; ) {
+        if (!strncmp(s, "exp=", 4)) {
+            exp = s + 4;
+            break;
+        }
+        s = strchr(s, '&');
+        if (s)
+            s++;
+    }
+    long long expv = 0;
+    char ebuf[32];
+    size_t en = exp ? strcspn(exp, "&") : 0;
+    if (en && en < sizeof ebuf) {
+        memcpy(ebuf, exp, en);
+        ebuf[en] = 0;
+    }
+    if (!en || en >= sizeof ebuf || parse_ll(ebuf, &expv) || !gp.query) {
+        params_free(&gp);
+        http_error(c, 401, NULL, "malformed grant payload: needs exp and query");
+        return -1;
+    }
+    if (expv <= (long long)time(NULL)) {
+        params_free(&gp);
+        http_error(c, 401, NULL, "grant expired");
+        return -1;
+    }
+    spec *gs = spec_parse(gp.query, gp.filters, gp.nfilters, err, sizeof err);
+    params_free(&gp);
+    if (!gs) {
+        http_error(c, 401, NULL, "malformed grant query: %s", err);
+        return -1;
+    }
+    const char *why = NULL;
+    if ((sp->types & ~gs->types) != 0)
+        why = "change types";
+    else if (strcmp(sp->schema, gs->schema) || strcmp(sp->table, gs->table))
+        why = "table";
+    for (unsigned i = 0; !why && i < gs->nfilters; i++) {
+        unsigned j;
+        for (j = 0; j < sp->nfilters; j++)
+            if (!strcmp(gs->filters[i].text, sp->filters[j].text))
+                break;
+        if (j == sp->nfilters)
+            why = "filters (every filter of the grant must be in the request)";
+    }
+    free(gs);
+    if (why) {
+        http_error(c, 403, NULL, "the request asks for more than the grant allows: %s", why);
+        return -1;
+    }
+    c->grant_exp = expv;
+    return 0;
+}
+
+/* Checks after the table is known to exist: grant, since, capacity; then
+ * the 101 answer and the subscription. */
+static void upgrade_finish(client *c)
+{
+    pending *pd = c->pend;
+    spec *sp = pd->sp;
+    uint64_t slsn = 0;
+    uint32_t sidx = 0;
+
+    if (grant_check(c, sp))
+        return;
+    if (pd->prm.since) {
+        if (pos_parse(pd->prm.since, strlen(pd->prm.since), &slsn, &sidx)) {
+            http_error(c, 400, NULL, "malformed since position \"%.60s\": expected X/X:n as sent in \"pos\"",
+                       pd->prm.since);
+            return;
+        }
+        if (pos_cmp(slsn, sidx, S.floor_lsn, S.floor_idx) < 0) {
+            http_error(c, 410, NULL, "position %s is older than the history this server keeps; reload your data",
+                       pd->prm.since);
+            return;
+        }
+    }
+    if (S.nclients >= (unsigned)S.cfg.max_clients) {
+        http_error(c, 503, "Retry-After: 5\r\n", "too many clients (max_clients = %d)", S.cfg.max_clients);
+        return;
+    }
+    char resp[160];
+    int n = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", pd->accept);
+    frame *f = frame_new((size_t)n);
+    memcpy(f->data, resp, (size_t)n);
+    q_push(c, f);
+    frame_unref(f);
+
+    table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 1);
+    log_info("client %llu %s: subscribed to %s%s%s", (unsigned long long)c->id, c->addr, pd->prm.query,
+             pd->prm.since ? " since " : "", pd->prm.since ? pd->prm.since : "");
+    pd->sp = NULL;
+    group_join(c, sp, t);
+    S.nclients++;
+    c->counted = 1;
+    c->state = C_WS;
+    c->deadline = 0;
+    c->last_rx = c->last_ping = S.now;
+    ws_parser_init(&c->wp);
+    if (pd->prm.since) {
+        S.m_resumes++;
+        c->replaying = 1;
+        c->cursor = hist_after(slsn, sidx);
+    }
+    params_free(&pd->prm);
+    free(pd);
+    c->pend = NULL;
+    set_events(c);
+    mark_dirty(c);
+    /* bytes the client sent right after its request are WebSocket frames */
+    if (c->req && c->req_len > c->head_len)
+        client_ws_input(c, (uint8_t *)c->req + c->head_len, c->req_len - c->head_len);
+    free(c->req);
+    c->req = NULL;
+    c->req_len = 0;
+}
+
+static void handle_request(client *c, http_req *r)
+{
+    sbuf b = { 0 };
+    c->head_len = (uint32_t)r->head_len;
+    client_addr_from_xff(c, r->xff);
+    if (ieq(r->path.p, r->path.n, "/ws") && r->path.n == 3) {
+        handle_ws_request(c, r);
+        return;
+    }
+    int known = (r->path.n == 5 && !memcmp(r->path.p, "/ping", 5)) ||
+                (r->path.n == 7 && !memcmp(r->path.p, "/health", 7)) ||
+                (r->path.n == 8 && !memcmp(r->path.p, "/metrics", 8)) ||
+                (r->path.n == 1 && r->path.p[0] == '/' && S.cfg.demo_page);
+    if (!known) {
+        http_error(c, 404, NULL, "not found: %.*s", (int)(r->path.n > 200 ? 200 : r->path.n), r->path.p);
+        return;
+    }
+    int head = r->method.n == 4 && !memcmp(r->method.p, "HEAD", 4);
+    if (!head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
+        http_error(c, 405, "Allow: GET, HEAD\r\n", "method %.*s not allowed: use GET",
+                   (int)(r->method.n > 20 ? 20 : r->method.n), r->method.p);
+        return;
+    }
+    const char *ctype = "text/plain; charset=utf-8";
+    int st = 200;
+    switch (r->path.n) {
+    case 5:
+        sb_add(&b, "pong\n", 5);
+        break;
+    case 7:
+        health_body(&b);
+        ctype = "application/json";
+        st = S.rstate == R_STREAMING ? 200 : 503;
+        break;
+    case 8:
+        metrics_body(&b);
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+        break;
+    default:
+        sb_add(&b, demo_html, sizeof demo_html);
+        ctype = "text/html; charset=utf-8";
+        break;
+    }
+    if (head) {
+        /* same headers, no body */
+        char extra[64];
+        snprintf(extra, sizeof extra, "X-Body-Length: %zu\r\n", b.n);
+        http_respond(c, st, extra, ctype, NULL, 0);
+    } else {
+        http_respond(c, st, NULL, ctype, b.p, b.n);
+    }
+    free(b.p);
+}
+
+static void client_read(client *c)
+{
+    static uint8_t buf[65536];
+    if (c->state == C_HTTP) {
+        if (c->close_after)
+            goto drain;   /* answered already: ignore the rest */
+        if (c->req_len == c->req_cap) {
+            if (c->req_cap >= REQ_MAX) {
+                http_error(c, 431, NULL, "request headers larger than %d bytes", REQ_MAX);
+                return;
+            }
+            c->req_cap = c->req_cap ? c->req_cap * 2 : 1024;
+            c->req = xrealloc(c->req, c->req_cap);
+        }
+        ssize_t n = read(c->fd, c->req + c->req_len, c->req_cap - c->req_len);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            client_close(c);
+            return;
+        }
+        if (n < 0)
+            return;
+        c->req_len += (uint32_t)n;
+        c->last_rx = S.now;
+        http_req r;
+        int pr = http_parse(c->req, c->req_len, &r);
+        if (pr < 0)
+            http_error(c, 400, NULL, "malformed HTTP request");
+        else if (pr > 0)
+            handle_request(c, &r);
+        else if (c->req_len == REQ_MAX)
+            http_error(c, 431, NULL, "request headers larger than %d bytes", REQ_MAX);
+        return;
+    }
+drain:;
+    ssize_t n = read(c->fd, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        if (c->state == C_WS)
+            log_info("client %llu %s: disconnected", (unsigned long long)c->id, c->addr);
+        client_close(c);
+        return;
+    }
+    if (n < 0)
+        return;
+    c->last_rx = S.now;
+    if (c->state == C_WS || c->state == C_CLOSING)
+        client_ws_input(c, buf, (size_t)n);
+}
+
+/* ==== Catalog look-ups ================================================== */
+
+/* An upgrade waits here while an ordinary connection asks the catalog
+ * whether its table exists.  The first member is the waiting client (NULL
+ * once it has gone), so that the client can clear it. */
+struct lookup {
+    client *c;
+    char *schema, *name;
+    lookup *next;
+};
+
+static void cat_down(const char *why)
+{
+    if (why)
+        log_warn("catalog connection: %s", why);
+    if (S.cat)
+        PQfinish(S.cat);
+    S.cat = NULL;
+    S.cstate = 0;
+    S.pfd[SLOT_CAT].fd = -1;
+    S.cat_retry = S.now + 1000;
+    /* nobody can be answered now: refuse the waiting upgrades */
+    while (S.lk_head) {
+        lookup *l = S.lk_head;
+        S.lk_head = l->next;
+        if (l->c) {
+            l->c->pend->lk = NULL;
+            http_error(l->c, 503, "Retry-After: 2\r\n", "cannot check the table: the database is unavailable");
+        }
+        free(l->schema); free(l->name); free(l);
+    }
+    S.lk_tail = NULL;
+}
+
+static void cat_send(void)
+{
+    while (S.lk_head && !S.lk_head->c) {   /* the client went away */
+        lookup *l = S.lk_head;
+        S.lk_head = l->next;
+        free(l->schema); free(l->name); free(l);
+    }
+    if (!S.lk_head) {
+        S.lk_tail = NULL;
+        return;
+    }
+    const char *vals[2] = { S.lk_head->schema, S.lk_head->name };
+    if (!PQsendQueryParams(S.cat,
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            2, NULL, vals, NULL, NULL, 0)) {
+        cat_down(PQerrorMessage(S.cat));
+        return;
+    }
+    S.cstate = 3;
+    PQflush(S.cat);
+}
+
+static void lookup_start(client *c, spec *sp)
+{
+    lookup *l = xmalloc(sizeof *l);
+    l->c = c;
+    l->schema = xstrndup(sp->schema, strlen(sp->schema));
+    l->name = xstrndup(sp->table, strlen(sp->table));
+    l->next = NULL;
+    c->pend->lk = l;
+    if (S.lk_tail) S.lk_tail->next = l;
+    else S.lk_head = l;
+    S.lk_tail = l;
+    if (S.cstate == 2)
+        cat_send();
+}
+
+static void cat_tick(void)
+{
+    if (S.cstate == 0 && S.lk_head && S.now >= S.cat_retry) {
+        const char *keys[] = { "dbname", "fallback_application_name", NULL };
+        const char *vals[] = { S.cfg.conninfo, "pgcdc", NULL };
+        S.cat = PQconnectStartParams(keys, vals, 1);
+        if (!S.cat || PQstatus(S.cat) == CONNECTION_BAD) {
+            cat_down(S.cat ? PQerrorMessage(S.cat) : "out of memory");
+            return;
+        }
+        PQsetnonblocking(S.cat, 1);
+        S.cstate = 1;
+        S.pfd[SLOT_CAT].fd = PQsocket(S.cat);
+        S.pfd[SLOT_CAT].events = POLLOUT;
+    }
+}
+
+static void cat_event(void)
+{
+    if (S.cstate == 1) {
+        PostgresPollingStatusType ps = PQconnectPoll(S.cat);
+        S.pfd[SLOT_CAT].fd = PQsocket(S.cat);
+        if (ps == PGRES_POLLING_READING) S.pfd[SLOT_CAT].events = POLLIN;
+        else if (ps == PGRES_POLLING_WRITING) S.pfd[SLOT_CAT].events = POLLOUT;
+        else if (ps == PGRES_POLLING_FAILED) cat_down(PQerrorMessage(S.cat));
+        else {
+            S.cstate = 2;
+            S.pfd[SLOT_CAT].events = POLLIN;
+            cat_send();
+        }
+        return;
+    }
+    if (!PQconsumeInput(S.cat)) {
+        cat_down(PQerrorMessage(S.cat));
+        return;
+    }
+    if (PQflush(S.cat) == 1)
+        S.pfd[SLOT_CAT].events = POLLIN | POLLOUT;
+    else
+        S.pfd[SLOT_CAT].events = POLLIN;
+    while (S.cstate == 3 && !PQisBusy(S.cat)) {
+        PGresult *res = PQgetResult(S.cat);
+        if (!res) {
+            S.cstate = 2;
+            cat_send();
+            break;
+        }
+        lookup *l = S.lk_head;
+        if (!l) {
+            PQclear(res);
+            continue;
+        }
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            log_warn("catalog look-up failed: %s", PQresultErrorMessage(res));
+            PQclear(res);
+            cat_down(NULL);
+            return;
+        }
+        int exists = PQntuples(res) > 0;
+        PQclear(res);
+        S.lk_head = l->next;
+        if (!S.lk_head)
+            S.lk_tail = NULL;
+        client *c = l->c;
+        if (exists) {
+            table *t = table_get(l->schema, strlen(l->schema), l->name, strlen(l->name), 1);
+            t->verified = S.now;
+        }
+        free(l->schema); free(l->name); free(l);
+        if (c) {
+            c->pend->lk = NULL;
+            c->state = C_HTTP;
+            if (exists)
+                upgrade_finish(c);
+            else
+                http_error(c, 400, NULL, "table %s.%s does not exist", c->pend->sp->schema, c->pend->sp->table);
+        }
+    }
+}
+
+/* ==== Replication ======================================================= */
+
+static const char *rstate_name(void)
+{
+    if (S.rstate == R_STREAMING)
+        return "streaming";
+    if (S.rstate == R_WAIT)
+        return "down";
+    return "connecting";
+}
+
+/* Microseconds since 2000-01-01, the protocol's clock. */
+static int64_t pg_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((int64_t)ts.tv_sec - 946684800LL) * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* A server error explained in one line: what is wrong and what to do. */
+static const char *explain(const char *sqlstate, const char *msg)
+{
+    if (strstr(msg, "may not be used as an output plugin"))
+        return "wal2json is not listed in the server's output_plugin_libraries: add it "
+               "(output_plugin_libraries = 'wal2json') and restart PostgreSQL";
+    if (sqlstate && !strcmp(sqlstate, "58P01") && strstr(msg, "wal2json"))
+        return "the wal2json output plugin is not installed on the database server "
+               "(Debian: apt-get install postgresql-15-wal2json)";
+    if (strstr(msg, "wal_level"))
+        return "logical decoding needs wal_level = logical on the server (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)";
+    if (sqlstate && !strcmp(sqlstate, "55006"))
+        return "the replication slot is in use by another process (another pgcdc with the same slot?); retrying";
+    if (strstr(msg, "must be superuser or replication role") || strstr(msg, "permission denied to start WAL sender") ||
+        (sqlstate && !strcmp(sqlstate, "42501")))
+        return "the role lacks the REPLICATION privilege (ALTER ROLE ... WITH REPLICATION)";
+    if (strstr(msg, "password authentication failed") || strstr(msg, "authentication failed") ||
+        (sqlstate && (!strcmp(sqlstate, "28P01") || !strcmp(sqlstate, "28000"))))
+        return "authentication failed: check the user and password in conninfo, PGPASSWORD or ~/.pgpass";
+    if (strstr(msg, "pg_hba.conf"))
+        return "the server's pg_hba.conf has no entry allowing this replication connection";
+    if (strstr(msg, "invalidated") || strstr(msg, "can no longer get changes"))
+        return "the replication slot was invalidated (it exceeded max_slot_wal_keep_size); drop it with "
+               "SELECT pg_drop_replication_slot('<slot>') so pgcdc can create it anew";
+    if (strstr(msg, "max_replication_slots") || strstr(msg, "all replication slots are in use"))
+        return "no free replication slot on the server: raise max_replication_slots";
+    if (strstr(msg, "max_wal_senders") || strstr(msg, "too many clients"))
+        return "the server has no free WAL sender or connection: raise max_wal_senders or max_connections";
+    return NULL;
+}
+
+static void repl_fail(const char *what, PGresult *res)
+{
+    const char *msg = res ? PQresultErrorMessage(res) : (S.repl ? PQerrorMessage(S.repl) : "");
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    char m[512];
+    snprintf(m, sizeof m, "%s", msg && *msg ? msg : "connection lost");
+    size_t n = strlen(m);
+    while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
+        m[--n] = 0;
+    const char *hint = explain(state, m);
+    if (S.rstate == R_STREAMING)
+        log_warn("replication: stream ended (%s: %s)%s%s; reconnecting in %d s", what, m,
+                 hint ? ": " : "", hint ? hint : "", S.rbackoff);
+    else
+        log_error("replication: %s failed: %s%s%s; retrying in %d s", what, m, hint ? " -- " : "",
+                  hint ? hint : "", S.rbackoff);
+    if (S.repl)
+        PQfinish(S.repl);
+    S.repl = NULL;
+    S.pfd[SLOT_REPL].fd = -1;
+    S.rstate = R_WAIT;
+    S.rwait_until = S.now + (int64_t)S.rbackoff * 1000;
+    S.rbackoff = S.rbackoff * 2 > S.cfg.reconnect_max ? S.cfg.reconnect_max : S.rbackoff * 2;
+    S.in_txn = 0;
+    S.repl_more = 0;
+}
+
+static void repl_watch(short events)
+{
+    S.pfd[SLOT_REPL].fd = S.repl ? PQsocket(S.repl) : -1;
+    S.pfd[SLOT_REPL].events = events;
+}
+
+static int repl_send(const char *what, const char *cmd)
+{
+    log_debug("replication: %s", cmd);
+    if (!PQsendQuery(S.repl, cmd)) {
+        repl_fail(what, NULL);
+        return -1;
+    }
+    repl_watch(PQflush(S.repl) == 1 ? POLLIN | POLLOUT : POLLIN);
+    return 0;
+}
+
+static void repl_connect(void)
+{
+    const char *keys[] = { "dbname", "replication", "fallback_application_name", NULL };
+    const char *vals[] = { S.cfg.conninfo, "database", "pgcdc", NULL };
+    S.repl = PQconnectStartParams(keys, vals, 1);
+    if (!S.repl) {
+        log_error("replication: out of memory");
+        exit(2);
+    }
+    if (PQstatus(S.repl) == CONNECTION_BAD) {
+        S.rstate = R_CONNECTING;
+        repl_fail("connect", NULL);
+        return;
+    }
+    PQsetnonblocking(S.repl, 1);
+    S.rstate = R_CONNECTING;
+    repl_watch(POLLOUT);
+}
+
+/* Session settings that change wal2json's text, pinned so that clients
+ * always see the same formats whatever the server's defaults are. */
+static const char *pin_settings =
+    "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; "
+    "SET extra_float_digits = 1; SET bytea_output = 'hex'";
+
+/* Appends 'value' quoted for the replication grammar. */
+static void sb_quote(sbuf *b, const char *s, size_t n)
+{
+    sb_add(b, "'", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\'')
+            sb_add(b, "'", 1);
+        sb_add(b, s + i, 1);
+    }
+    sb_add(b, "'", 1);
+}
+
+static void start_replication(void)
+{
+    sbuf b = { 0 };
+    sb_printf(&b, "START_REPLICATION SLOT \"%s\" LOGICAL 0/0 (\"format-version\" '2', "
+              "\"include-lsn\" '1', \"include-transaction\" '1'", S.cfg.slot);
+    if (S.cfg.tables) {
+        sb_add(&b, ", \"add-tables\" ", 15);
+        sb_quote(&b, S.cfg.tables, strlen(S.cfg.tables));
+    }
+    const char *s = S.cfg.wal2json_options;
+    while (s && *s) {
+        const char *comma = strchr(s, ',');
+        size_t n = comma ? (size_t)(comma - s) : strlen(s);
+        const char *item = trim(s, &n);
+        const char *eq = memchr(item, '=', n);
+        if (eq) {
+            size_t nn = (size_t)(eq - item), vn = n - nn - 1;
+            const char *name = trim(item, &nn), *val = trim(eq + 1, &vn);
+            sb_printf(&b, ", \"%.*s\" ", (int)nn, name);
+            sb_quote(&b, val, vn);
+        }
+        s = comma ? comma + 1 : NULL;
+    }
+    sb_add(&b, ")", 1);
+    S.rstate = R_START;
+    repl_send("START_REPLICATION", b.p);
+    free(b.p);
+}
+
+/* A command's result arrived in state S.rstate. */
+static int repl_result(PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    char cmd[256];
+    switch (S.rstate) {
+    case R_IDENTIFY:
+        if (st != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
+            repl_fail("IDENTIFY_SYSTEM", res);
+            return -1;
+        }
+        if (PQgetisnull(res, 0, 3)) {
+            log_error("replication: the connection has no database: conninfo must name one (dbname=...)");
+            repl_fail("IDENTIFY_SYSTEM", NULL);
+            return -1;
+        }
+        return 0;
+    case R_SET:
+        if (st != PGRES_COMMAND_OK) {
+            repl_fail("pinning session settings", res);
+            return -1;
+        }
+        return 0;
+    case R_SLOTINFO:
+        if (st != PGRES_TUPLES_OK) {
+            repl_fail("looking up the slot", res);
+            return -1;
+        }
+        if (PQntuples(res) == 1) {
+            const char *plugin = PQgetvalue(res, 0, 1);
+            const char *walst = PQgetvalue(res, 0, 2);
+            const char *db_ok = PQgetvalue(res, 0, 3);
+            if (strcmp(plugin, "wal2json")) {
+                log_error("replication: slot \"%s\" exists with plugin \"%s\", not wal2json; "
+                          "use another slot name or drop it", S.cfg.slot, plugin);
+                repl_fail("slot check", NULL);
+                return -1;
+            }
+            if (strcmp(db_ok, "t")) {
+                log_error("replication: slot \"%s\" belongs to another database; use another slot name", S.cfg.slot);
+                repl_fail("slot check", NULL);
+                return -1;
+            }
+            if (!strcmp(walst, "lost")) {
+                log_error("replication: slot \"%s\" was invalidated (it exceeded max_slot_wal_keep_size); drop it "
+                          "with SELECT pg_drop_replication_slot('%s') and restart pgcdc", S.cfg.slot, S.cfg.slot);
+                repl_fail("slot check", NULL);
+                return -1;
+            }
+            uint64_t cf = 0;
+            if (!PQgetisnull(res, 0, 0))
+                lsn_parse(PQgetvalue(res, 0, 0), strlen(PQgetvalue(res, 0, 0)), &cf);
+            S.slot_confirmed = cf;
+            S.slot_found = 1;
+        }
+        return 0;
+    case R_CREATE:
+        if (st != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+            repl_fail("CREATE_REPLICATION_SLOT", res);
+            return -1;
+        }
+        lsn_parse(PQgetvalue(res, 0, 1), strlen(PQgetvalue(res, 0, 1)), &S.slot_confirmed);
+        log_info("replication: created %s slot \"%s\" at %s", S.cfg.temporary_slot ? "temporary" : "persistent",
+                 S.cfg.slot, PQgetvalue(res, 0, 1));
+        return 0;
+    case R_START:
+        if (st == PGRES_COPY_BOTH)
+            return 0;
+        repl_fail("START_REPLICATION", res);
+        return -1;
+    default:
+        (void)cmd;
+        return 0;
+    }
+}
+
+/* All results of the current command are in: go to the next step. */
+static void repl_next(void)
+{
+    char cmd[512];
+    switch (S.rstate) {
+    case R_IDENTIFY:
+        S.rstate = R_SET;
+        repl_send("pinning session settings", pin_settings);
+        break;
+    case R_SET:
+        if (S.cfg.temporary_slot) {
+            S.rstate = R_CREATE;
+            snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" TEMPORARY LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT",
+                     S.cfg.slot);
+            repl_send("CREATE_REPLICATION_SLOT", cmd);
+        } else {
+            S.rstate = R_SLOTINFO;
+            S.slot_found = 0;
+            snprintf(cmd, sizeof cmd, "SELECT confirmed_flush_lsn, plugin, wal_status, "
+                     "database = current_database() FROM pg_catalog.pg_replication_slots WHERE slot_name = '%s'",
+                     S.cfg.slot);
+            repl_send("looking up the slot", cmd);
+        }
+        break;
+    case R_SLOTINFO:
+        S.rstate = R_CREATE;
+        if (S.slot_found) {   /* reuse it: straight to streaming */
+            repl_next();
+            break;
+        }
+        snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT", S.cfg.slot);
+        repl_send("CREATE_REPLICATION_SLOT", cmd);
+        break;
+    case R_CREATE: {
+        /* positions before what this slot can replay can no longer be served */
+        uint64_t from = S.slot_confirmed;
+        if (!S.repl_ever || S.cfg.temporary_slot) {
+            if (pos_cmp(from, 0, S.floor_lsn, S.floor_idx) > 0) {
+                S.floor_lsn = from;
+                S.floor_idx = 0;
+            }
+        }
+        if (S.confirmed < from)
+            S.confirmed = from;
+        start_replication();
+        break;
+    }
+    case R_START:
+        S.rstate = R_STREAMING;
+        repl_watch(POLLIN);
+        if (S.repl_ever)
+            S.m_reconnects++;
+        log_info("replication: streaming from slot \"%s\" (confirmed %X/%X)", S.cfg.slot,
+                 (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed);
+        S.repl_ever = 1;
+        S.rbackoff = 1;
+        S.in_txn = 0;
+        S.last_status_ms = S.now;
+        S.last_txn_ms = S.now;
+        break;
+    default:
+        break;
+    }
+}
+
+static void repl_status(void)
+{
+    uint8_t m[34];
+    uint64_t pos = S.done_commit;
+    /* an idle database (or traffic elsewhere): confirm the WAL end, so the
+     * slot holds no WAL it does not need */
+    if (!S.in_txn && S.wal_end > pos &&
+        S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
+        pos = S.wal_end;
+    if (pos > S.confirmed)
+        S.confirmed = pos;
+    m[0] = 'r';
+    put64(m + 1, S.confirmed);
+    put64(m + 9, S.confirmed);
+    put64(m + 17, S.confirmed);
+    put64(m + 25, (uint64_t)pg_now_us());
+    m[33] = 0;
+    if (PQputCopyData(S.repl, (const char *)m, sizeof m) != 1) {
+        repl_fail("sending a status update", NULL);
+        return;
+    }
+    S.last_status_ms = S.now;
+    S.reply_now = 0;
+    if (PQflush(S.repl) == 1)
+        repl_watch(POLLIN | POLLOUT);
+}
+
+static void handle_change(const char *rec, size_t len, w2j_record *r)
+{
+    uint32_t idx = S.cur_n++;
+    uint8_t bit = action_bit(r->action);
+    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) <= 0)
+        return;   /* already sent before a reconnect */
+    S.m_changes++;
+    S.have_last = 1;
+    S.last_lsn = S.cur_commit;
+    S.last_idx = idx;
+    table *t = table_of_record(r);
+    if (!t && S.cfg.history) {
+        char sb[256], tb[256];
+        long sn = json_unescape(r->schema.p, r->schema.n, sb, sizeof sb);
+        long tn = json_unescape(r->table.p, r->table.n, tb, sizeof tb);
+        if (sn >= 0 && tn >= 0)
+            t = table_get(sb, (size_t)sn, tb, (size_t)tn, 1);
+    }
+    if (t)
+        t->verified = S.now;
+    if (!S.cfg.history && (!t || !t->groups)) {
+        S.floor_lsn = S.cur_commit;
+        S.floor_idx = idx;
+        return;
+    }
+    /* {"pos":"X/X:n", + the record after its '{' */
+    char pfx[48];
+    int pn = snprintf(pfx, sizeof pfx, "{\"pos\":\"%X/%X:%u\",", (unsigned)(S.cur_commit >> 32),
+                      (unsigned)S.cur_commit, idx);
+    size_t plen = (size_t)pn + len - 1;
+    uint8_t h[10];
+    size_t hl = ws_frame_header(h, WS_OP_TEXT, plen);
+    frame *f = frame_new(hl + plen);
+    memcpy(f->data, h, hl);
+    memcpy(f->data + hl, pfx, (size_t)pn);
+    memcpy(f->data + hl + (size_t)pn, rec + 1, len - 1);
+    f->hdr = (uint32_t)hl;
+    f->change = 1;
+    f->types = bit;
+    f->tab = t;
+    f->lsn = S.cur_commit;
+    f->idx = idx;
+    hist_push(f);
+    if (t) {
+        for (group *g = t->groups; g; g = g->next) {
+            if (!spec_match(g->sp, r))
+                continue;
+            for (client *c = g->members, *next; c; c = next) {
+                next = c->gnext;   /* a slow client leaves the group here */
+                if (!c->replaying)
+                    client_queue(c, f);
+            }
+        }
+    }
+    frame_unref(f);
+}
+
+static void handle_xlogdata(const uint8_t *msg, size_t n)
+{
+    uint64_t start = get64(msg + 1), end = get64(msg + 9);
+    const char *rec = (const char *)msg + 25;
+    size_t len = n - 25;
+    w2j_record r;
+    if (end > S.wal_end)
+        S.wal_end = end;
+    if (start > S.processed)
+        S.processed = start;
+    while (len && (rec[len - 1] == '\n' || rec[len - 1] == ' '))
+        len--;
+    int e = w2j_parse(rec, len, S.toks, S.ntoks, S.cols, S.ncols, &r);
+    if (e != JSON_OK || len < 2 || rec[0] != '{') {
+        S.m_skipped++;
+        log_warn("replication: skipped a wal2json record at %X/%X that cannot be parsed (%s, %zu bytes)",
+                 (unsigned)(start >> 32), (unsigned)start,
+                 e == JSON_NOMEM ? "too many columns" : e == JSON_PARTIAL ? "truncated" : "malformed", len);
+        /* keep the position count honest for a change we could not read */
+        if (S.in_txn)
+            S.cur_n++;
+        return;
+    }
+    switch (r.action) {
+    case 'B': {
+        uint64_t lsn;
+        if (lsn_parse(r.lsn.p, r.lsn.n, &lsn)) {
+            log_warn("replication: transaction begin without a usable lsn at %X/%X (include-lsn missing?)",
+                     (unsigned)(start >> 32), (unsigned)start);
+            lsn = start;
+        }
+        S.cur_commit = lsn;
+        S.cur_n = 0;
+        S.in_txn = 1;
+        S.last_txn_ms = S.now;
+        break;
+    }
+    case 'C':
+        if (S.cur_commit > S.done_commit)
+            S.done_commit = S.cur_commit;
+        S.in_txn = 0;
+        S.last_txn_ms = S.now;
+        break;
+    case 'I': case 'U': case 'D': case 'T':
+        handle_change(rec, len, &r);
+        break;
+    default:
+        break;   /* messages (M) and anything newer are not sent */
+    }
+}
+
+/* Reads what the stream has, at most a batch, so that clients get a turn. */
+static void repl_stream(void)
+{
+    if (!PQconsumeInput(S.repl)) {
+        repl_fail("reading", NULL);
+        return;
+    }
+    S.repl_more = 0;
+    for (int count = 0; count < 4096; count++) {
+        char *buf = NULL;
+        int n = PQgetCopyData(S.repl, &buf, 1);
+        if (n == 0)
+            return;
+        if (n == -1) {
+            PGresult *res = PQgetResult(S.repl);
+            if (S.rstate == R_STOPPING) {
+                PQclear(res);
+                return;
+            }
+            repl_fail("streaming", res && PQresultStatus(res) == PGRES_FATAL_ERROR ? res : NULL);
+            PQclear(res);
+            return;
+        }
+        if (n < 0) {
+            repl_fail("streaming", NULL);
+            return;
+        }
+        const uint8_t *m = (const uint8_t *)buf;
+        if (m[0] == 'w' && n >= 25) {
+            if (S.rstate == R_STREAMING)
+                handle_xlogdata(m, (size_t)n);
+        } else if (m[0] == 'k' && n >= 18) {
+            uint64_t end = get64(m + 1);
+            if (end > S.wal_end)
+                S.wal_end = end;
+            if (!S.in_txn && end > S.processed)
+                S.processed = end;
+            if (m[17])
+                S.reply_now = 1;
+        }
+        PQfreemem(buf);
+        if (S.rstate != R_STREAMING && S.rstate != R_STOPPING)
+            return;
+    }
+    S.repl_more = 1;
+}
+
+static void repl_event(short revents)
+{
+    if (!S.repl)
+        return;
+    if (S.rstate == R_CONNECTING) {
+        PostgresPollingStatusType ps = PQconnectPoll(S.repl);
+        if (ps == PGRES_POLLING_READING) repl_watch(POLLIN);
+        else if (ps == PGRES_POLLING_WRITING) repl_watch(POLLOUT);
+        else if (ps == PGRES_POLLING_FAILED) repl_fail("connect", NULL);
+        else {
+            const char *v = PQparameterStatus(S.repl, "server_version");
+            snprintf(S.server_version, sizeof S.server_version, "%s", v ? v : "?");
+            log_info("replication: connected to PostgreSQL %s", S.server_version);
+            S.rstate = R_IDENTIFY;
+            repl_send("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM");
+        }
+        return;
+    }
+    if (revents & POLLOUT) {
+        int f = PQflush(S.repl);
+        if (f < 0) {
+            repl_fail("writing", NULL);
+            return;
+        }
+        repl_watch(f == 1 ? POLLIN | POLLOUT : POLLIN);
+    }
+    if (S.rstate == R_STREAMING || S.rstate == R_STOPPING) {
+        if (revents & (POLLIN | POLLERR | POLLHUP))
+            repl_stream();
+        return;
+    }
+    if (!PQconsumeInput(S.repl)) {
+        repl_fail("reading", NULL);
+        return;
+    }
+    while (S.repl && !PQisBusy(S.repl)) {
+        PGresult *res = PQgetResult(S.repl);
+        if (!res) {
+            repl_next();
+            return;
+        }
+        int st = repl_result(res);
+        ExecStatusType es = PQresultStatus(res);
+        PQclear(res);
+        if (st < 0)
+            return;
+        if (es == PGRES_COPY_BOTH) {   /* no NULL result follows COPY BOTH */
+            repl_next();
+            return;
+        }
+    }
+}
+
+static void repl_tick(void)
+{
+    if (S.rstate == R_WAIT && !S.stop && S.now >= S.rwait_until)
+        repl_connect();
+    if (S.rstate == R_STREAMING &&
+        (S.reply_now == 1 || S.now - S.last_status_ms >= (int64_t)S.cfg.status_interval * 1000))
+        repl_status();
+}
+
+/* ==== Health and metrics ================================================ */
+
+static void health_body(sbuf *b)
+{
+    sb_printf(b, "{\"status\":\"%s\",\"replication\":\"%s\",\"clients\":%u,\"lsn\":\"%X/%X\","
+              "\"confirmed_lsn\":\"%X/%X\",\"slot\":\"%s\",\"version\":\"%s\"}\n",
+              S.rstate == R_STREAMING ? "ok" : "degraded", rstate_name(), S.nclients,
+              (unsigned)(S.processed >> 32), (unsigned)S.processed,
+              (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed, S.cfg.slot, PGCDC_VERSION);
+}
+
+static void metric(sbuf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name, (unsigned long long)v);
+}
+
+static void metrics_body(sbuf *b)
+{
+    uint64_t lag = S.wal_end > S.processed ? S.wal_end - S.processed : 0;
+    frame *oldest = S.hn ? S.hist[S.hhead] : NULL;
+    metric(b, "pgcdc_clients", "gauge", "Connected WebSocket clients.", S.nclients);
+    metric(b, "pgcdc_connections", "gauge", "Open client TCP connections, upgraded or not.", S.nconns);
+    metric(b, "pgcdc_changes_total", "counter", "Changes decoded from the replication stream.", S.m_changes);
+    metric(b, "pgcdc_frames_sent_total", "counter", "Change frames written to clients.", S.m_frames);
+    metric(b, "pgcdc_bytes_sent_total", "counter", "Bytes written to clients.", S.m_bytes);
+    sb_printf(b, "# HELP pgcdc_clients_dropped_total Clients disconnected by the server.\n"
+              "# TYPE pgcdc_clients_dropped_total counter\n"
+              "pgcdc_clients_dropped_total{reason=\"slow\"} %llu\n"
+              "pgcdc_clients_dropped_total{reason=\"protocol\"} %llu\n"
+              "pgcdc_clients_dropped_total{reason=\"timeout\"} %llu\n",
+              (unsigned long long)S.m_drop_slow, (unsigned long long)S.m_drop_proto,
+              (unsigned long long)S.m_drop_timeout);
+    metric(b, "pgcdc_replication_connected", "gauge", "1 while the replication stream is up.", S.rstate == R_STREAMING);
+    metric(b, "pgcdc_replication_reconnects_total", "counter", "Times the replication stream was re-established.",
+           S.m_reconnects);
+    metric(b, "pgcdc_confirmed_lsn_bytes", "gauge", "Last LSN confirmed to the server.", S.confirmed);
+    metric(b, "pgcdc_replication_lag_bytes", "gauge", "Server WAL end minus the last LSN processed.", lag);
+    metric(b, "pgcdc_records_skipped_total", "counter", "wal2json records that could not be parsed.", S.m_skipped);
+    metric(b, "pgcdc_history_bytes", "gauge", "Memory held by the resume history.", S.hbytes);
+    metric(b, "pgcdc_history_frames", "gauge", "Changes held by the resume history.", S.hn);
+    metric(b, "pgcdc_history_oldest_lsn_bytes", "gauge", "Commit LSN of the oldest change in the history.",
+           oldest ? oldest->lsn : 0);
+    metric(b, "pgcdc_resumes_total", "counter", "Clients that connected with since.", S.m_resumes);
+}
+
+/* ==== The event loop ==================================================== */
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    S.stop = sig;
+    if (write(S.sigpipe[1], "x", 1) < 0) {
+        /* the pipe is full: the loop wakes anyway */
+    }
+    errno = saved;
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static int listen_on(const char *spec_, char *err, size_t errlen)
+{
+    char host[256], port[8];
+    struct addrinfo hints, *res, *ai;
+    int fd = -1, e;
+    parse_listen(spec_, host, sizeof host, port, sizeof port);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if ((e = getaddrinfo(*host ? host : NULL, port, &hints, &res)) != 0) {
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", spec_, gai_strerror(e));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int one = 1;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6 && !*host) {
+            int zero = 0;   /* ":port" listens on IPv4 and IPv6 */
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        }
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        snprintf(err, errlen, "cannot listen on %s: %s", spec_, strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0)
+        set_nonblock(fd);
+    return fd;
+}
+
+static void accept_clients(void)
+{
+    static int64_t emfile_logged;
+    for (int i = 0; i < 256; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept(S.listen_fd, (struct sockaddr *)&ss, &sl);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                if (S.now - emfile_logged > 10000) {
+                    log_warn("out of file descriptors (%s): raise the limit (ulimit -n)", strerror(errno));
+                    emfile_logged = S.now;
+                }
+            }
+            return;
+        }
+        if (set_nonblock(fd) < 0) {
+            close(fd);
+            continue;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (S.nconns >= (unsigned)S.cfg.max_clients + 1024u) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                       "Content-Length: 17\r\nConnection: close\r\n\r\ntoo many clients\n";
+            if (write(fd, busy, sizeof busy - 1) < 0) {
+                /* nothing more to do for it */
+            }
+            close(fd);
+            continue;
+        }
+        client *c = xmalloc(sizeof *c);
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->id = ++S.next_client_id;
+        c->state = C_HTTP;
+        c->deadline = S.now + REQUEST_TIMEOUT_MS;
+        c->last_rx = S.now;
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->addr, sizeof c->addr);
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->addr, sizeof c->addr);
+        else
+            snprintf(c->addr, sizeof c->addr, "local");
+        if (S.npfd == S.cappfd) {
+            S.cappfd *= 2;
+            S.pfd = xrealloc(S.pfd, (size_t)S.cappfd * sizeof *S.pfd);
+            S.pcl = xrealloc(S.pcl, (size_t)S.cappfd * sizeof *S.pcl);
+        }
+        c->slot = S.npfd++;
+        S.pfd[c->slot].fd = fd;
+        S.pfd[c->slot].revents = 0;
+        S.pcl[c->slot] = c;
+        S.nconns++;
+        set_events(c);
+        log_debug("client %llu %s: connected", (unsigned long long)c->id, c->addr);
+    }
+}
+
+/* Timeouts, pings and grant expiry; runs a few times a second. */
+static void clients_tick(void)
+{
+    int64_t wall = (int64_t)time(NULL);
+    int64_t ping_ms = (int64_t)S.cfg.ping_interval * 1000;
+    for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
+        client *c = S.pcl[i];
+        if (c->deadline && S.now >= c->deadline) {
+            if (c->state == C_HTTP || c->state == C_PENDING)
+                log_info("client %llu %s: request not complete within %d s, closed", (unsigned long long)c->id,
+                         c->addr, REQUEST_TIMEOUT_MS / 1000);
+            client_close(c);
+            continue;
+        }
+        if (c->state != C_WS)
+            continue;
+        if (c->grant_exp && wall >= c->grant_exp) {
+            log_info("client %llu %s: grant expired", (unsigned long long)c->id, c->addr);
+            client_ws_close(c, WS_CLOSE_POLICY, "grant expired", 1);
+            continue;
+        }
+        if (ping_ms) {
+            if (S.now - c->last_rx >= 3 * ping_ms) {
+                log_info("client %llu %s: silent for %d s, dropped", (unsigned long long)c->id, c->addr,
+                         3 * S.cfg.ping_interval);
+                S.m_drop_timeout++;
+                client_close(c);
+                continue;
+            }
+            if (S.now - c->last_ping >= ping_ms) {
+                frame *f = frame_ws(WS_OP_PING, "pgcdc", 5);
+                q_push(c, f);
+                frame_unref(f);
+                c->last_ping = S.now;
+            }
+        }
+    }
+}
+
+static void begin_shutdown(void)
+{
+    log_info("shutting down (signal %d): closing %u clients", S.stop, S.nclients);
+    for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
+        client *c = S.pcl[i];
+        if (c->state == C_WS)
+            client_ws_close(c, WS_CLOSE_GOING_AWAY, "server shutting down", 1);
+        else if (c->state != C_CLOSING)
+            client_close(c);
+    }
+    if (S.rstate == R_STREAMING) {
+        S.reply_now = 1;
+        repl_status();
+        if (S.repl && PQputCopyEnd(S.repl, NULL) == 1) {
+            PQflush(S.repl);
+            S.rstate = R_STOPPING;
+        }
+    }
+    if (S.listen_fd >= 0) {
+        close(S.listen_fd);
+        S.listen_fd = -1;
+        S.pfd[SLOT_LISTEN].fd = -1;
+    }
+    S.stop_deadline = S.now + 3000;
+}
+
+/* The replication stream ended cleanly after CopyDone? */
+static int repl_stopped(void)
+{
+    if (S.rstate != R_STOPPING)
+        return 1;
+    if (!PQconsumeInput(S.repl))
+        return 1;
+    while (!PQisBusy(S.repl)) {
+        char *buf;
+        int n = PQgetCopyData(S.repl, &buf, 1);
+        if (n > 0) {
+            PQfreemem(buf);
+            continue;
+        }
+        if (n == 0)
+            return 0;
+        PGresult *res;
+        while ((res = PQgetResult(S.repl)) != NULL)
+            PQclear(res);
+        return 1;
+    }
+    return 0;
+}
+
+static int run(void)
+{
+    int64_t last_tick = 0;
+    int shutting = 0;
+    S.rbackoff = 1;
+    S.rstate = R_WAIT;
+    S.rwait_until = 0;
+    for (;;) {
+        S.now = now_ms();
+        if (S.stop && !shutting) {
+            shutting = 1;
+            begin_shutdown();
+        }
+        if (shutting) {
+            int done = S.nconns == 0 && repl_stopped();
+            if (done || S.now >= S.stop_deadline)
+                break;
+        }
+        if (S.now - last_tick >= 100) {
+            last_tick = S.now;
+            clients_tick();
+            if (!shutting) {
+                repl_tick();
+                cat_tick();
+            }
+        }
+        flush_dirty();
+        graveyard_free();
+        int timeout = S.repl_more ? 0 : 100;
+        int n = poll(S.pfd, (nfds_t)S.npfd, timeout);
+        if (n < 0 && errno != EINTR) {
+            log_error("poll: %s", strerror(errno));
+            return 2;
+        }
+        S.now = now_ms();
+        if (n <= 0 && !S.repl_more)
+            continue;
+        if (S.pfd[SLOT_PIPE].revents) {
+            char drain[64];
+            while (read(S.sigpipe[0], drain, sizeof drain) > 0)
+                ;
+        }
+        if (S.repl && (S.pfd[SLOT_REPL].revents || S.repl_more))
+            repl_event(S.pfd[SLOT_REPL].revents ? S.pfd[SLOT_REPL].revents : POLLIN);
+        if (S.cat && S.pfd[SLOT_CAT].revents)
+            cat_event();
+        if (S.listen_fd >= 0 && (S.pfd[SLOT_LISTEN].revents & POLLIN))
+            accept_clients();
+        for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
+            if (i >= S.npfd)
+                continue;
+            short re = S.pfd[i].revents;
+            client *c = S.pcl[i];
+            S.pfd[i].revents = 0;
+            if (!re || c->fd < 0)
+                continue;
+            if (re & POLLOUT)
+                client_write(c);
+            if (c->fd >= 0 && (re & (POLLIN | POLLHUP | POLLERR)))
+                client_read(c);
+        }
+        flush_dirty();
+        graveyard_free();
+    }
+    if (S.repl) {
+        PQfinish(S.repl);
+        S.repl = NULL;
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pgcdc [-c FILE] [-t] [-v|-q] [-V] [-h]\n"
+               "  -c FILE   configuration file (default: ./pgcdc.config)\n"
+               "  -t        parse and validate the configuration, print \"configuration ok\", exit\n"
+               "  -v / -q   more / less logging (repeatable)\n"
+               "  -V        print the version and exit\n"
+               "  -h        this help\n");
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+#ifndef PGCDC_NO_MAIN
+int main(int argc, char **argv)
+{
+    const char *path = "./pgcdc.config";
+    int test_only = 0, verbosity = 0;
+    char err[512];
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || !a[1]) {
+            fprintf(stderr, "pgcdc: unexpected argument \"%s\"\n", a);
+            usage(stderr);
+            return 1;
+        }
+        for (const char *o = a + 1; *o; o++) {
+            switch (*o) {
+            case 'c':
+                if (o[1]) path = o + 1;
+                else if (i + 1 < argc) path = argv[++i];
+                else {
+                    fprintf(stderr, "pgcdc: -c needs a file name\n");
+                    usage(stderr);
+                    return 1;
+                }
+                goto next_arg;
+            case 't': test_only = 1; break;
+            case 'v': verbosity++; break;
+            case 'q': verbosity--; break;
+            case 'V': printf("pgcdc %s\n", PGCDC_VERSION); return 0;
+            case 'h': usage(stdout); return 0;
+            default:
+                fprintf(stderr, "pgcdc: unknown option -%c\n", *o);
+                usage(stderr);
+                return 1;
+            }
+        }
+    next_arg:;
+    }
+    log_level = L_INFO + verbosity;
+    if (log_level < L_ERROR) log_level = L_ERROR;
+    if (log_level > L_DEBUG) log_level = L_DEBUG;
+
+    config_defaults(&S.cfg);
+    if (config_load(&S.cfg, path))
+        return 1;
+    if (test_only) {
+        printf("configuration ok\n");
+        config_free(&S.cfg);
+        return 0;
+    }
+    S.config_path = path;
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    if (pipe(S.sigpipe) < 0) {
+        log_error("pipe: %s", strerror(errno));
+        return 2;
+    }
+    set_nonblock(S.sigpipe[0]);
+    set_nonblock(S.sigpipe[1]);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    S.listen_fd = listen_on(S.cfg.listen, err, sizeof err);
+    if (S.listen_fd < 0) {
+        log_error("%s", err);
+        return 2;
+    }
+    S.cappfd = 1024;
+    S.pfd = xmalloc((size_t)S.cappfd * sizeof *S.pfd);
+    S.pcl = xmalloc((size_t)S.cappfd * sizeof *S.pcl);
+    memset(S.pfd, 0, (size_t)S.cappfd * sizeof *S.pfd);
+    memset(S.pcl, 0, (size_t)S.cappfd * sizeof *S.pcl);
+    S.npfd = SLOT_FIRST;
+    S.pfd[SLOT_LISTEN] = (struct pollfd){ S.listen_fd, POLLIN, 0 };
+    S.pfd[SLOT_PIPE] = (struct pollfd){ S.sigpipe[0], POLLIN, 0 };
+    S.pfd[SLOT_REPL] = (struct pollfd){ -1, 0, 0 };
+    S.pfd[SLOT_CAT] = (struct pollfd){ -1, 0, 0 };
+    S.ntoks = TOKS_MAX;
+    S.ncols = COLS_MAX;
+    S.toks = xmalloc(S.ntoks * sizeof *S.toks);
+    S.cols = xmalloc(S.ncols * sizeof *S.cols);
+
+    log_info("pgcdc %s listening on %s, slot \"%s\" (%s), history %zu bytes", PGCDC_VERSION, S.cfg.listen,
+             S.cfg.slot, S.cfg.temporary_slot ? "temporary" : "persistent", S.cfg.history);
+    int rc = run();
+    log_info("stopped");
+    config_free(&S.cfg);
+    return rc;
+}
+#endif

@@ -1,0 +1,289 @@
+/* pgcdc.h -- shared types and the small contracts between pgcdc's units.
+ *
+ * Units: sha1.c (SHA-1, HMAC-SHA1), base64.c (RFC 4648 base64 and base64url),
+ * ws.c (RFC 6455 handshake key, frame encoder, streaming frame decoder),
+ * json.c (wal2json format-version 2 tokenizer), pgcdc.c (everything that
+ * touches a file descriptor).  None of the parsers allocate or do I/O: they
+ * work on (pointer, length) slices of the caller's buffers.
+ */
+#ifndef PGCDC_H
+#define PGCDC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PGCDC_VERSION "0.1.0"
+
+/* A borrowed byte range; never NUL-terminated. */
+typedef struct slice {
+    const char *p;
+    size_t n;
+} slice;
+
+/* ==== sha1.c ============================================================= */
+
+typedef struct sha1_ctx {
+    uint32_t h[5];
+    uint64_t len;       /* bytes hashed so far */
+    uint8_t buf[64];
+    size_t used;        /* bytes pending in buf */
+} sha1_ctx;
+
+void sha1_init(sha1_ctx *c);
+void sha1_update(sha1_ctx *c, const void *data, size_t len);
+void sha1_final(sha1_ctx *c, uint8_t out[20]);
+/* One-shot SHA-1 of data into out. */
+void sha1(const void *data, size_t len, uint8_t out[20]);
+/* HMAC-SHA1 (RFC 2104) of msg under key into out; any key length. */
+void hmac_sha1(const void *key, size_t klen, const void *msg, size_t mlen,
+               uint8_t out[20]);
+
+/* ==== base64.c =========================================================== */
+
+/* Bytes needed to encode n bytes: padded standard / unpadded url form. */
+#define B64_ENCLEN(n) ((((n) + 2) / 3) * 4)
+#define B64URL_ENCLEN(n) (((n) * 4 + 2) / 3)
+
+/* Standard alphabet with '=' padding.  Returns the length written (no NUL
+ * is written), or -1 when cap is too small. */
+long b64_encode(const uint8_t *in, size_t n, char *out, size_t cap);
+/* Strict decode of the padded standard form (length a multiple of 4, padding
+ * only at the end, no whitespace).  Returns bytes written, or -1 on invalid
+ * input or when cap is too small. */
+long b64_decode(const char *in, size_t n, uint8_t *out, size_t cap);
+/* base64url without padding (RFC 4648 section 5). */
+long b64url_encode(const uint8_t *in, size_t n, char *out, size_t cap);
+/* Strict decode of unpadded base64url: rejects '=', '+', '/', any other
+ * stray byte, an impossible length (n % 4 == 1) and non-zero trailing bits.
+ * Returns bytes written, or -1. */
+long b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap);
+
+/* ==== ws.c =============================================================== */
+
+enum {
+    WS_OP_CONT = 0x0, WS_OP_TEXT = 0x1, WS_OP_BINARY = 0x2,
+    WS_OP_CLOSE = 0x8, WS_OP_PING = 0x9, WS_OP_PONG = 0xA
+};
+
+/* Close codes pgcdc sends. */
+enum {
+    WS_CLOSE_NORMAL = 1000, WS_CLOSE_GOING_AWAY = 1001,
+    WS_CLOSE_PROTOCOL = 1002, WS_CLOSE_INVALID_DATA = 1007,
+    WS_CLOSE_POLICY = 1008, WS_CLOSE_TOO_BIG = 1009,
+    WS_CLOSE_TRY_AGAIN = 1013
+};
+
+#define WS_MAX_MESSAGE (64 * 1024)   /* client data messages above: 1009 */
+#define WS_ACCEPT_LEN 28             /* base64 of a SHA-1 digest */
+
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key.  The key (whitespace already
+ * trimmed) must be valid base64 decoding to exactly 16 bytes.  Writes 28
+ * characters and a NUL into out.  Returns 0, or -1 for an invalid key. */
+int ws_accept_key(const char *key, size_t klen, char out[WS_ACCEPT_LEN + 1]);
+
+/* Writes an unmasked FIN frame header for opcode and payload length into out
+ * (at least 10 bytes), with the shortest length encoding.  Returns 2, 4 or 10. */
+size_t ws_frame_header(uint8_t out[10], int opcode, uint64_t len);
+
+/* Writes a complete close frame (code, then reason truncated to 123 bytes)
+ * into out (at least 129 bytes).  code 0 means an empty close payload.
+ * Returns the frame length. */
+size_t ws_close_frame(uint8_t out[129], unsigned code, const char *reason);
+
+/* Streaming decoder of client frames.  It keeps no reference to the input:
+ * data-message payloads are unmasked, UTF-8 checked (text) and dropped;
+ * control payloads (at most 125 bytes) are collected in ctl[].  Zero it with
+ * ws_parser_init() before the first byte.  About 160 bytes. */
+typedef struct ws_parser {
+    uint8_t hdr[14];     /* header bytes gathered so far */
+    uint8_t hlen;        /* ... how many */
+    uint8_t in_frame;    /* 1 while reading a payload */
+    uint8_t opcode;      /* current frame's opcode */
+    uint8_t fin;         /* current frame's FIN bit */
+    uint8_t mask[4];
+    uint8_t mpos;        /* index into mask for the next payload byte */
+    uint8_t msg_op;      /* opcode of the fragmented data message, 0 if none */
+    uint8_t ctl_len;     /* control payload bytes in ctl */
+    uint32_t utf8;       /* UTF-8 validator state across frames */
+    uint64_t left;       /* payload bytes left in the current frame */
+    uint64_t msg_len;    /* bytes of the current data message so far */
+    uint8_t ctl[125];
+} ws_parser;
+
+enum ws_event {
+    WS_EV_NONE = 0,      /* all input consumed, nothing to report */
+    WS_EV_MESSAGE,       /* a complete data message (ignored by pgcdc) */
+    WS_EV_PING,          /* ping; payload in ctl[0..ctl_len) */
+    WS_EV_PONG,          /* pong; payload in ctl[0..ctl_len) */
+    WS_EV_CLOSE,         /* close; *code = received code (1005 if none),
+                            reason in ctl[2..ctl_len) (validated UTF-8) */
+    WS_EV_ERROR          /* protocol violation; *code = the close code to
+                            send (1002, 1007 or 1009); stop feeding */
+};
+
+void ws_parser_init(ws_parser *p);
+/* Feeds up to len bytes.  Returns an event and stores in *used how many
+ * bytes were consumed; call again with the rest after each event.  The
+ * caller's bytes are unmasked in place (buf is modified). */
+int ws_parse(ws_parser *p, uint8_t *buf, size_t len, size_t *used,
+             unsigned *code);
+/* Incremental UTF-8 validation (Hoehrmann-style states): start with state 0;
+ * returns the new state: 0 = complete and valid so far, 1 = invalid (final),
+ * other values = inside a sequence.  Fails at the first invalid byte. */
+uint32_t ws_utf8_step(uint32_t state, const uint8_t *s, size_t n);
+/* Is code a valid close code to receive (RFC 6455 7.4)? */
+int ws_close_code_valid(unsigned code);
+
+/* ==== json.c ============================================================= */
+
+enum {
+    JSON_OK = 0,
+    JSON_INVALID = -1,   /* malformed */
+    JSON_PARTIAL = -2,   /* input ended before the value did */
+    JSON_NOMEM = -3      /* more tokens or columns than the caller's room */
+};
+
+enum json_type {
+    JSON_NONE = 0, JSON_OBJECT, JSON_ARRAY, JSON_STRING, JSON_NUMBER,
+    JSON_TRUE, JSON_FALSE, JSON_NULL
+};
+
+/* One token: for a string, [start, end) excludes the quotes and is still
+ * escaped; for other scalars it is the literal text; for containers it spans
+ * the brackets.  size = members (object: keys) or elements. */
+typedef struct json_tok {
+    uint8_t type;
+    uint32_t start, end;
+    uint32_t size;
+    int32_t parent;
+} json_tok;
+
+/* Resumable tokenizer state (jsmn-like).  Zero it with json_init(). */
+typedef struct json_parser {
+    uint32_t pos;        /* next byte to read */
+    uint32_t next;       /* next token slot */
+    int32_t super;       /* index of the open container, -1 at top */
+    uint8_t expect;      /* internal grammar state */
+    uint8_t done;        /* the top-level value is complete */
+} json_parser;
+
+void json_init(json_parser *p);
+/* Tokenizes one JSON value from buf[0..len).  May be called again with the
+ * same buffer grown longer after JSON_PARTIAL; it resumes where it stopped.
+ * Returns the number of tokens (> 0) once the top-level value is complete
+ * (trailing whitespace allowed, anything else is JSON_INVALID), or a
+ * JSON_* error.  Never reads buf[len] or beyond. */
+int json_parse(json_parser *p, const char *buf, size_t len,
+               json_tok *toks, unsigned ntoks);
+
+/* One column of a wal2json record. */
+typedef struct w2j_col {
+    slice name;          /* escaped string contents */
+    slice type;          /* escaped string contents */
+    slice value;         /* escaped string contents, or literal text */
+    uint8_t vtype;       /* enum json_type of the value */
+} w2j_col;
+
+/* A wal2json format-version 2 record, as slices of the input. */
+typedef struct w2j_record {
+    char action;         /* 'B','C','I','U','D','T','M' */
+    slice lsn;           /* "lsn" (B, C: the commit LSN), may be empty */
+    slice nextlsn;       /* "nextlsn" (B, C), may be empty */
+    slice schema, table; /* escaped string contents (I, U, D, T) */
+    w2j_col *cols;       /* "columns" then "identity", in caller storage */
+    unsigned ncols;      /* entries of "columns" */
+    unsigned nident;     /* entries of "identity", after the columns */
+} w2j_record;
+
+/* Parses one complete record.  toks/ntoks is scratch for the tokenizer;
+ * cols/ncap receives the columns.  Requires an object with a one-letter
+ * "action"; I/U/D/T need "schema" and "table"; "columns" and "identity",
+ * when present, must be arrays of objects with a string "name".  Returns
+ * JSON_OK or a JSON_* error (JSON_PARTIAL for a truncated record). */
+int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
+              w2j_col *cols, unsigned ncap, w2j_record *r);
+
+/* Unescapes the contents of a JSON string (as in a slice above) into out,
+ * turning \uXXXX (with surrogate pairs) into UTF-8.  Returns the length, or
+ * -1 on a bad escape or lone surrogate, or when cap is too small. */
+long json_unescape(const char *s, size_t n, char *out, size_t cap);
+
+/* Does the escaped string s equal the raw bytes raw?  (No copy needed.) */
+int json_str_eq(slice s, const char *raw, size_t rawlen);
+
+/* Parses "X/X" (hexadecimal halves) into an LSN.  Returns 0 or -1. */
+int lsn_parse(const char *s, size_t n, uint64_t *lsn);
+
+/* ==== pgcdc.c: subscriptions (exposed for the unit tests) =============== */
+
+enum { SUB_INSERT = 1, SUB_UPDATE = 2, SUB_DELETE = 4, SUB_TRUNCATE = 8,
+       SUB_ALL = 15 };
+enum { OP_EQ, OP_NEQ, OP_LT, OP_LTE, OP_GT, OP_GTE, OP_IN, OP_IS };
+enum { IS_NULL, IS_TRUE, IS_FALSE };
+
+/* A decimal number as written: value = digits x 10^exp, digits without a
+ * sign, leading zeros removed; a view into the text it was parsed from. */
+typedef struct decnum {
+    const char *ip;  size_t in;   /* integer digits (no leading zeros) */
+    const char *fp;  size_t fn;   /* fraction digits */
+    long exp;                     /* the exponent written after e/E */
+    int neg;
+} decnum;
+
+typedef struct fval {
+    char *s;            /* unescaped value, NUL-terminated */
+    size_t n;
+    int isnum;          /* parsed as a number into num */
+    decnum num;
+} fval;
+
+typedef struct filter {
+    uint8_t op;         /* OP_* */
+    uint8_t is;         /* IS_* for OP_IS */
+    char *col;          /* column name, NUL-terminated */
+    size_t col_len;
+    fval *vals;         /* one for eq..gte, one or more for in */
+    unsigned nvals;
+    char *text;         /* the filter as written (decoded), for grants */
+} filter;
+
+/* A parsed subscription; everything lives in one allocation (free(spec)). */
+typedef struct spec {
+    uint8_t types;      /* SUB_* bits */
+    char *schema, *table;
+    filter *filters;
+    unsigned nfilters;
+    char *key;          /* canonical text: identical specs share a group */
+} spec;
+
+/* The parameters of a /ws request's query string, percent-decoded. */
+typedef struct ws_params {
+    char *query;        /* NULL when absent */
+    char **filters;     /* extra filter= values */
+    unsigned nfilters;
+    char *token, *since, *grant;
+    char *buf;          /* owns the strings above */
+} ws_params;
+
+/* Splits and percent-decodes a query string ('+' is a space).  Returns 0,
+ * or -1 with a message in err (duplicate query, bad %-escape, NUL byte). */
+int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t errlen);
+void params_free(ws_params *p);
+/* Parses a subscription (query plus extra filters).  Returns a spec to
+ * free(), or NULL with the reason in err. */
+spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
+                 char *err, size_t errlen);
+/* Does the change r (of spec's table) match the spec's types and filters?
+ * scratch/scap: room to unescape values for comparisons. */
+int spec_match(const spec *s, const w2j_record *r);
+/* Parses a decimal number written as JSON allows, or also with a leading '+',
+ * a leading '.', or a trailing '.' when lax.  Returns 0 or -1. */
+int num_parse(const char *s, size_t n, int lax, decnum *d);
+/* Compares two numbers: <0, 0, >0. */
+int num_cmp(const decnum *a, const decnum *b);
+/* Position of a change: commit LSN and index.  Parses "X/X:n"; 0 or -1. */
+int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx);
+/* Does "schema.table" match a wal2json add-tables list? */
+int tables_allow(const char *list, const char *schema, const char *table);
+
+#endif

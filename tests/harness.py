@@ -1,0 +1,215 @@
+"""harness.py -- shared helpers for pgcdc's end-to-end suites.
+
+Each suite is a script run by test.sh with /usr/bin/python3.  The database
+is the throwaway cluster test.sh started; its address comes from PGHOST,
+PGPORT and PGUSER, the binary from PGCDC (default ./pgcdc).  Every test
+reports one line, "ok - name" or "not ok - name: why", which test.sh counts.
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PGCDC = os.environ.get("PGCDC", os.path.abspath("./pgcdc"))
+PGHOST = os.environ.get("PGHOST", "/tmp")
+PGPORT = os.environ.get("PGPORT", "5432")
+PGUSER = os.environ.get("PGUSER", "postgres")
+PGDATABASE = os.environ.get("PGDATABASE", "postgres")
+
+passed = 0
+failed = 0
+
+
+def report(name, ok, why=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print("ok - %s" % name, flush=True)
+    else:
+        failed += 1
+        print("not ok - %s: %s" % (name, why), flush=True)
+
+
+def run_test(name, fn, *args):
+    """Runs fn (sync or async); an exception or AssertionError fails it."""
+    try:
+        r = fn(*args)
+        if asyncio.iscoroutine(r):
+            asyncio.run(asyncio.wait_for(r, 120))
+        report(name, True)
+    except Exception as e:  # noqa: BLE001 - every failure is reported
+        report(name, False, "%s: %s" % (type(e).__name__, e))
+
+
+def finish():
+    print("%s: %d passed, %d failed" % (os.path.basename(sys.argv[0]), passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+def conninfo(db=PGDATABASE):
+    return "host=%s port=%s user=%s dbname=%s" % (PGHOST, PGPORT, PGUSER, db)
+
+
+def sql(q, db=PGDATABASE, check=True):
+    """Runs SQL with psql; returns stdout (tuples only, unaligned)."""
+    p = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                        "-h", PGHOST, "-p", PGPORT, "-U", PGUSER, "-d", db, "-c", q],
+                       capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise RuntimeError("psql failed: %s" % p.stderr.strip())
+    return p.stdout.strip()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Pgcdc:
+    """A pgcdc process with its own config file and port.
+
+    extra: dict of section -> {key: value} merged over the defaults."""
+
+    def __init__(self, extra=None, slot=None, args=()):
+        self.port = free_port()
+        self.slot = slot or ("t%d_%d" % (os.getpid(), self.port))
+        cfg = {
+            "postgres": {"conninfo": conninfo(), "slot": self.slot,
+                         "status_interval": "1", "reconnect_max": "2"},
+            "server": {"listen": "127.0.0.1:%d" % self.port},
+        }
+        for sec, kv in (extra or {}).items():
+            cfg.setdefault(sec, {}).update(kv)
+        self.dir = tempfile.mkdtemp(prefix="pgcdc-test-")
+        self.config = os.path.join(self.dir, "pgcdc.config")
+        with open(self.config, "w") as f:
+            for sec, kv in cfg.items():
+                f.write("[%s]\n" % sec)
+                for k, v in kv.items():
+                    if v is not None:
+                        f.write("%s = %s\n" % (k, v))
+        self.log = os.path.join(self.dir, "pgcdc.log")
+        self.args = list(args)
+        self.proc = None
+
+    def start(self, wait_streaming=True, timeout=20):
+        self.logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([PGCDC, "-c", self.config, "-v"] + self.args,
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("pgcdc exited with %s: %s" % (self.proc.returncode, self.logtext()[-2000:]))
+            try:
+                if not wait_streaming:
+                    if http_get(self.port, "/ping")[0] == 200:
+                        return self
+                else:
+                    st, body = http_get(self.port, "/health")
+                    if st == 200 and json.loads(body).get("replication") == "streaming":
+                        return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("pgcdc did not become ready: %s" % self.logtext()[-2000:])
+
+    def stop(self, sig=15, timeout=10):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.logf.close()
+        return self.proc.returncode if self.proc else None
+
+    def logtext(self):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def url(self, path):
+        return "ws://127.0.0.1:%d%s" % (self.port, path)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def http_get(port, path, headers=None, timeout=5):
+    """Returns (status, body) without raising on HTTP errors."""
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def raw_http(port, request_bytes, timeout=5):
+    """Sends raw bytes, returns everything the server sent until it closed
+    or timeout passed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(request_bytes)
+    data = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+            if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 101"):
+                # error responses carry Content-Length; read the body
+                head, _, body = data.partition(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        if len(body) >= int(line.split(b":")[1]):
+                            s.close()
+                            return data
+    except socket.timeout:
+        pass
+    s.close()
+    return data
+
+
+async def collect(ws, n, timeout=30):
+    """Receives n frames (parsed JSON) from a websockets connection."""
+    out = []
+    deadline = time.time() + timeout
+    while len(out) < n:
+        left = deadline - time.time()
+        if left <= 0:
+            raise AssertionError("got %d of %d frames" % (len(out), n))
+        msg = await asyncio.wait_for(ws.recv(), left)
+        out.append(json.loads(msg))
+    return out
+
+
+async def expect_silence(ws, seconds=0.5):
+    """Asserts that no frame arrives within seconds."""
+    try:
+        msg = await asyncio.wait_for(ws.recv(), seconds)
+    except asyncio.TimeoutError:
+        return
+    raise AssertionError("unexpected frame: %s" % msg[:200])
+
+
+def pos_key(pos):
+    """'X/Y:n' -> sortable tuple."""
+    lsn, n = pos.rsplit(":", 1)
+    hi, lo = lsn.split("/")
+    return ((int(hi, 16) << 32) | int(lo, 16), int(n))
