@@ -16,7 +16,7 @@ SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test unit fuzz fuzz-replay clean install static
+.PHONY: all test unit fuzz fuzz-replay clean install static demo
 
 all: pgcdc
 
@@ -48,3 +48,16 @@ install: pgcdc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc
 	install -m 755 pgcdc $(DESTDIR)$(PREFIX)/bin/pgcdc
 	install -m 644 pgcdc.example.config README.md $(DESTDIR)$(PREFIX)/share/doc/pgcdc/
+
+# Builds and runs pgcdc against a throwaway local database (Ctrl-C ends it).
+demo:
+	bash web/demo.sh
+
+# Fuzzers (clang, libFuzzer) for the frame decoder, the wal2json tokenizer,
+# the query parser and the HTTP request parser; FUZZ_SECONDS each.
+fuzz: web/demo.h
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash tests/fuzz.sh
+
+# Replays the committed corpus under ASan/UBSan without libFuzzer.
+fuzz-replay: web/demo.h
+	FUZZ_SECONDS=0 bash tests/fuzz.sh

@@ -373,6 +373,39 @@ static int check_w2j_options(const char *v, char *err, size_t errlen)
     return 0;
 }
 
+/* tables: wal2json add-tables elements, each schema.table (either may be
+ * '*'), with backslash escapes for ',', '.' and '*'. */
+static int check_tables(const char *v, char *err, size_t errlen)
+{
+    const char *s = v;
+    for (;;) {
+        size_t i = 0, dot = 0;
+        int ndots = 0;
+        while (s[i] && s[i] != ',') {
+            if (s[i] == '\\' && s[i + 1]) {
+                i += 2;
+                continue;
+            }
+            if (s[i] == '.') {
+                ndots++;
+                dot = i;
+            }
+            i++;
+        }
+        size_t n = i;
+        const char *e = trim(s, &n);
+        size_t lead = (size_t)(e - s);
+        if (n == 0 || ndots != 1 || dot == lead || dot + 1 >= lead + n) {
+            snprintf(err, errlen, "each element must be schema.table (either may be *), got \"%.*s\"",
+                     (int)(n > 100 ? 100 : n), e);
+            return -1;
+        }
+        if (!s[i])
+            return 0;
+        s += i + 1;
+    }
+}
+
 static int check_value(const keydef *k, const char *v, config *c, char *err, size_t errlen)
 {
     void *field = (char *)c + k->off;
@@ -408,6 +441,9 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
             snprintf(err, errlen, "expected host:port, [v6]:port or :port, got \"%.100s\"", v);
             return -1;
         }
+    } else if (!strcmp(k->name, "tables")) {
+        if (check_tables(v, err, errlen))
+            return -1;
     } else if (!strcmp(k->name, "wal2json_options")) {
         if (check_w2j_options(v, err, errlen))
             return -1;
@@ -2020,6 +2056,8 @@ static const char *status_text(int st)
     }
 }
 
+static int http_head_only;   /* answering HEAD: headers only */
+
 /* Queues a complete response and closes the connection after it. */
 static void http_respond(client *c, int st, const char *extra, const char *ctype,
                          const void *body, size_t blen)
@@ -2028,6 +2066,8 @@ static void http_respond(client *c, int st, const char *extra, const char *ctype
     sb_printf(&b, "HTTP/1.1 %d %s\r\nServer: pgcdc\r\nContent-Type: %s\r\n"
               "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n",
               st, status_text(st), ctype, blen, extra ? extra : "");
+    if (http_head_only)
+        blen = 0;
     frame *f = frame_new(b.n + blen);
     memcpy(f->data, b.p, b.n);
     if (blen)
@@ -2069,6 +2109,7 @@ static void health_body(sbuf *b);
 static void metrics_body(sbuf *b);
 static void lookup_start(client *c, spec *sp);
 static void upgrade_finish(client *c);
+static void cat_tick(void);
 
 /* Is the peer a configured trusted proxy? */
 static int trusted_peer(const char *addr)
@@ -2425,14 +2466,9 @@ static void handle_request(client *c, http_req *r)
         ctype = "text/html; charset=utf-8";
         break;
     }
-    if (head) {
-        /* same headers, no body */
-        char extra[64];
-        snprintf(extra, sizeof extra, "X-Body-Length: %zu\r\n", b.n);
-        http_respond(c, st, extra, ctype, NULL, 0);
-    } else {
-        http_respond(c, st, NULL, ctype, b.p, b.n);
-    }
+    http_head_only = head;   /* same headers, no body */
+    http_respond(c, st, NULL, ctype, b.p, b.n);
+    http_head_only = 0;
     free(b.p);
 }
 
@@ -2554,6 +2590,8 @@ static void lookup_start(client *c, spec *sp)
     S.lk_tail = l;
     if (S.cstate == 2)
         cat_send();
+    else if (S.cstate == 0)
+        cat_tick();   /* connect now rather than at the next tick */
 }
 
 static void cat_tick(void)
@@ -2932,6 +2970,8 @@ static void repl_next(void)
         }
         if (S.confirmed < from)
             S.confirmed = from;
+        if (S.processed < from)
+            S.processed = from;
         start_replication();
         break;
     }
