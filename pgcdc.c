@@ -724,7 +724,7 @@ static int pos_cmp(uint64_t al, uint32_t ai, uint64_t bl, uint32_t bi)
 /* Frames come from per-size free lists so that the hot path does not call
  * malloc for each change; each list keeps at most POOL_KEEP bytes. */
 #define NCLASS 6
-#define POOL_KEEP (4u << 20)
+#define POOL_KEEP (1u << 20)
 static const size_t class_size[NCLASS] = { 256, 512, 1024, 2048, 4096, 8192 };
 static frame *pool[NCLASS];
 static size_t pool_count[NCLASS];
@@ -3009,7 +3009,8 @@ static void repl_status(void)
     put64(m + 9, S.confirmed);
     put64(m + 17, S.confirmed);
     put64(m + 25, (uint64_t)pg_now_us());
-    m[33] = 0;
+    /* idle: ask for a keepalive, which carries how far the server has read */
+    m[33] = !S.in_txn && S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000;
     if (PQputCopyData(S.repl, (const char *)m, sizeof m) != 1) {
         repl_fail("sending a status update", NULL);
         return;
@@ -3064,7 +3065,8 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
     f->idx = idx;
     hist_push(f);
     if (t) {
-        for (group *g = t->groups; g; g = g->next) {
+        for (group *g = t->groups, *gnext; g; g = gnext) {
+            gnext = g->next;   /* g goes away if its last member is dropped */
             if (!spec_match(g->sp, r))
                 continue;
             for (client *c = g->members, *next; c; c = next) {
