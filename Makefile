@@ -44,10 +44,25 @@ clean:
 	rm -f pgcdc tests/unit web/demo.h
 	rm -rf build
 
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: pgcdc
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc $(DESTDIR)$(UNITDIR)
 	install -m 755 pgcdc $(DESTDIR)$(PREFIX)/bin/pgcdc
-	install -m 644 pgcdc.example.config README.md $(DESTDIR)$(PREFIX)/share/doc/pgcdc/
+	install -m 644 pgcdc.example.config README.md dist/nginx.conf dist/Caddyfile \
+	    dist/haproxy.cfg $(DESTDIR)$(PREFIX)/share/doc/pgcdc/
+	sed -e 's|^ExecStart=/usr/local/|ExecStart=$(PREFIX)/|' \
+	    -e 's|^Documentation=file:/usr/local/|Documentation=file:$(PREFIX)/|' \
+	    dist/pgcdc.service > $(DESTDIR)$(UNITDIR)/pgcdc.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/pgcdc.service
+
+# Fully static binary: libpq rebuilt without GSSAPI/LDAP by dist/static-libpq.sh
+# (static headers first on the include path).
+STATIC_PQ = build/libpq-static
+static: $(SRCS) $(HDRS) web/demo.h
+	sh dist/static-libpq.sh
+	$(CC) -I$(STATIC_PQ)/include $(ALL_CFLAGS) -static -o pgcdc $(SRCS) $(LDFLAGS) \
+	    $(STATIC_PQ)/lib/libpq.a $(STATIC_PQ)/lib/libpgcommon_shlib.a \
+	    $(STATIC_PQ)/lib/libpgport_shlib.a -lssl -lcrypto
 
 # Builds and runs pgcdc against a throwaway local database (Ctrl-C ends it).
 demo:
