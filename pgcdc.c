@@ -1641,15 +1641,25 @@ static void mark_dirty(client *c)
     }
 }
 
-static void q_clear(client *c, int keep_started)
+/* Drops queued frames: all of them, or (changes_only) the change frames not
+ * yet started, keeping the handshake answer, pongs and other control frames
+ * in their order. */
+static void q_clear(client *c, int changes_only)
 {
-    while (c->qn > (keep_started && c->qoff ? 1u : 0u)) {
-        uint32_t last = (c->qhead + c->qn - 1) & (c->qcap - 1);
-        c->qbytes -= c->q[last]->len;
-        frame_unref(c->q[last]);
-        c->qn--;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        frame *f = c->q[(c->qhead + i) & (c->qcap - 1)];
+        int started = i == 0 && c->qoff > 0;
+        if (changes_only && (!f->change || started)) {
+            c->q[(c->qhead + kept) & (c->qcap - 1)] = f;
+            kept++;
+        } else {
+            c->qbytes -= f->len;
+            frame_unref(f);
+        }
     }
-    if (!c->qn) {
+    c->qn = kept;
+    if (!kept) {
         c->qoff = 0;
         c->qbytes = 0;
     }
@@ -1905,6 +1915,14 @@ static void client_ws_input(client *c, uint8_t *buf, size_t n)
         n -= used;
         switch (ev) {
         case WS_EV_PING:
+            if (c->qbytes > S.cfg.max_queue) {   /* pings, never reading pongs */
+                log_info("client %llu %s: dropped as a slow consumer (pongs not read)",
+                         (unsigned long long)c->id, c->addr);
+                S.m_drop_slow++;
+                client_ws_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", 0);
+                c->got_close = 1;
+                return;
+            }
             if (!c->sent_close) {
                 frame *f = frame_ws(WS_OP_PONG, c->wp.ctl, c->wp.ctl_len);
                 q_push(c, f);
@@ -2428,7 +2446,7 @@ static void handle_request(client *c, http_req *r)
     sbuf b = { 0 };
     c->head_len = (uint32_t)r->head_len;
     client_addr_from_xff(c, r->xff);
-    if (ieq(r->path.p, r->path.n, "/ws") && r->path.n == 3) {
+    if (r->path.n == 3 && !memcmp(r->path.p, "/ws", 3)) {
         handle_ws_request(c, r);
         return;
     }
