@@ -625,6 +625,9 @@ struct client {
     uint32_t qhead, qn, qcap, qoff;
     size_t qbytes;
     uint64_t cursor;     /* replaying: next history seq to look at */
+    uint64_t since_lsn;  /* resumed: changes at or before this position */
+    uint32_t since_idx;  /* ... were seen already; skip them */
+    uint8_t has_since;
     uint64_t id;
     char addr[48];
     ws_parser wp;
@@ -660,6 +663,7 @@ typedef struct server {
     uint64_t hfirst_seq, next_seq;
     uint64_t floor_lsn;     /* positions before (floor_lsn, floor_idx) -> 410 */
     uint32_t floor_idx;
+    int floor_known;        /* the slot said where it resumes */
     uint64_t last_lsn;      /* last position broadcast */
     uint32_t last_idx;
     int have_last;
@@ -1689,8 +1693,22 @@ static void q_push(client *c, frame *f)
     mark_dirty(c);
 }
 
+/* A resumed client ahead of the stream (pgcdc restarted and is decoding
+ * again what the client saw) must not get those changes twice. */
+static int seen_already(client *c, const frame *f)
+{
+    if (!c->has_since)
+        return 0;
+    if (pos_cmp(f->lsn, f->idx, c->since_lsn, c->since_idx) <= 0)
+        return 1;
+    c->has_since = 0;   /* positions only grow from here */
+    return 0;
+}
+
 static void client_queue(client *c, frame *f)
 {
+    if (seen_already(c, f))
+        return;
     if (f->change && c->qn && c->qbytes + f->len > S.cfg.max_queue) {
         log_info("client %llu %s: dropped as a slow consumer (%zu bytes queued)",
                  (unsigned long long)c->id, c->addr, c->qbytes);
@@ -1899,7 +1917,7 @@ static void replay_fill(client *c)
             return;
         }
         c->cursor++;
-        if (frame_matches(c, f))
+        if (frame_matches(c, f) && !seen_already(c, f))
             q_push(c, f);
     }
 }
@@ -2394,6 +2412,11 @@ static void upgrade_finish(client *c)
                        pd->prm.since);
             return;
         }
+        if (!S.floor_known) {
+            http_error(c, 503, "Retry-After: 1\r\n",
+                       "replication is starting: cannot tell yet whether position %s can be served; retry", pd->prm.since);
+            return;
+        }
         if (pos_cmp(slsn, sidx, S.floor_lsn, S.floor_idx) < 0) {
             http_error(c, 410, NULL, "position %s is older than the history this server keeps; reload your data",
                        pd->prm.since);
@@ -2427,6 +2450,9 @@ static void upgrade_finish(client *c)
         S.m_resumes++;
         c->replaying = 1;
         c->cursor = hist_after(slsn, sidx);
+        c->has_since = 1;
+        c->since_lsn = slsn;
+        c->since_idx = sidx;
     }
     params_free(&pd->prm);
     free(pd);
@@ -2986,6 +3012,7 @@ static void repl_next(void)
                 S.floor_idx = 0;
             }
         }
+        S.floor_known = 1;
         if (S.confirmed < from)
             S.confirmed = from;
         if (S.processed < from)
