@@ -38,6 +38,14 @@
 
 #include <libpq-fe.h>
 
+/* The unit tests and fuzzers build this file without main(); the helpers
+ * only main() uses must not then count as unused. */
+#ifdef PGCDC_NO_MAIN
+#define MAIN_ONLY __attribute__((unused))
+#else
+#define MAIN_ONLY
+#endif
+
 /* ==== Logging and small utilities ====================================== */
 
 enum { L_ERROR, L_WARN, L_INFO, L_DEBUG };
@@ -228,7 +236,7 @@ typedef struct config {
     char *grant_secret;
 } config;
 
-static void config_defaults(config *c)
+MAIN_ONLY static void config_defaults(config *c)
 {
     memset(c, 0, sizeof *c);
     c->slot = xstrndup("pgcdc", 5);
@@ -245,7 +253,7 @@ static void config_defaults(config *c)
     c->history = 67108864;
 }
 
-static void config_free(config *c)
+MAIN_ONLY static void config_free(config *c)
 {
     free(c->conninfo); free(c->slot); free(c->tables);
     free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
@@ -462,7 +470,7 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
 
 /* Reads an INI file into c.  Returns 0, or -1 after printing an error that
  * names the file, the line and the key. */
-static int config_load(config *c, const char *path)
+MAIN_ONLY static int config_load(config *c, const char *path)
 {
     FILE *f = fopen(path, "r");
     char line[8192], section[64] = "";
@@ -730,7 +738,7 @@ static int pos_cmp(uint64_t al, uint32_t ai, uint64_t bl, uint32_t bi)
 #define NCLASS 6
 #define POOL_KEEP (1u << 20)
 static const size_t class_size[NCLASS] = { 256, 512, 1024, 2048, 4096, 8192 };
-static frame *pool[NCLASS];
+static frame *free_frames[NCLASS];
 static size_t pool_count[NCLASS];
 
 static frame *frame_new(size_t len)
@@ -740,9 +748,9 @@ static frame *frame_new(size_t len)
     int cls;
     for (cls = 0; cls < NCLASS && class_size[cls] < need; cls++)
         ;
-    if (cls < NCLASS && pool[cls]) {
-        f = pool[cls];
-        pool[cls] = *(frame **)f->data;
+    if (cls < NCLASS && free_frames[cls]) {
+        f = free_frames[cls];
+        free_frames[cls] = *(frame **)f->data;
         pool_count[cls]--;
     } else {
         f = xmalloc(cls < NCLASS ? class_size[cls] : need);
@@ -764,8 +772,8 @@ static void frame_unref(frame *f)
     if (--f->refs)
         return;
     if (f->cls < NCLASS && (pool_count[f->cls] + 1) * class_size[f->cls] <= POOL_KEEP) {
-        *(frame **)f->data = pool[f->cls];
-        pool[f->cls] = f;
+        *(frame **)f->data = free_frames[f->cls];
+        free_frames[f->cls] = f;
         pool_count[f->cls]++;
     } else {
         free(f);
@@ -1223,17 +1231,23 @@ static int parse_types(const char *s, size_t n, uint8_t *types)
 static int parse_in_list(arena *a, const char *s, size_t n, fval *vals, unsigned max)
 {
     unsigned cnt = 0;
-    if (n >= 2 && s[0] == '(' && s[n - 1] == ')') {
+    if (n >= 1 && s[0] == '(') {
+        if (n < 2 || s[n - 1] != ')')
+            return -1;   /* "(a,b" */
         s++;
         n -= 2;
     }
     if (n == 0)
         return -1;
-    size_t i = 0;
+    /* every element's bytes plus its NUL fit in n + max bytes */
+    char *pool = arena_get(a, n + max + 1);
+    size_t used = 0, i = 0;
+    if (!pool)
+        return -1;
     for (;;) {
-        char *buf = arena_get(a, n + 1);
+        char *buf = pool + used;
         size_t o = 0;
-        if (!buf || cnt == max)
+        if (cnt == max)
             return -1;
         if (i < n && s[i] == '"') {
             for (i++; i < n && s[i] != '"'; i++) {
@@ -1251,6 +1265,7 @@ static int parse_in_list(arena *a, const char *s, size_t n, fval *vals, unsigned
                 buf[o++] = s[i++];
         }
         buf[o] = 0;
+        used += o + 1;
         vals[cnt].s = buf;
         vals[cnt].n = o;
         vals[cnt].isnum = num_parse(buf, o, 1, &vals[cnt].num) == 0;
@@ -1268,6 +1283,10 @@ static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filte
     long used = col ? read_name(s, n, '.', col, &cn) : -1;
     memset(f, 0, sizeof *f);
     f->text = arena_str(a, s, n);
+    if (!col || !f->text) {
+        snprintf(err, errlen, "query too long");
+        return -1;
+    }
     if (used < 0 || (size_t)used >= n || cn == 0) {
         snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
         return -1;
@@ -1317,8 +1336,13 @@ static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filte
         return 0;
     }
     f->vals = arena_get(a, sizeof(fval));
+    char *vs = arena_str(a, val, vn);
+    if (!f->vals || !vs) {
+        snprintf(err, errlen, "query too long");
+        return -1;
+    }
     f->nvals = 1;
-    f->vals[0].s = arena_str(a, val, vn);
+    f->vals[0].s = vs;
     f->vals[0].n = vn;
     f->vals[0].isnum = num_parse(f->vals[0].s, vn, 1, &f->vals[0].num) == 0;
     return 0;
@@ -1331,8 +1355,10 @@ spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
     for (unsigned i = 0; i < nfilters; i++)
         total += strlen(filters[i]) + 1;
     unsigned nf = nfilters + 1;
+    /* worst case: names twice, each filter's text, column and values
+     * (about 4 times its length), the key (twice the text) */
     size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
-                 6 * total + 32 * nf + 256;
+                 8 * total + 64 * nf + 512;
     arena a = { xmalloc(cap), 0, cap };
     spec *sp = arena_get(&a, sizeof *sp);
     memset(sp, 0, sizeof *sp);
@@ -1357,6 +1383,10 @@ spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
     size_t tn = c2 ? (size_t)(c2 - tstart) : strlen(tstart);
     char *p1 = arena_get(&a, tn + 1), *p2 = arena_get(&a, tn + 1);
     size_t n1 = 0, n2 = 0;
+    if (!sp->filters || !p1 || !p2) {
+        snprintf(err, errlen, "query too long");
+        goto fail;
+    }
     long u1 = read_name(tstart, tn, '.', p1, &n1);
     if (u1 < 0 || n1 == 0) {
         snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
@@ -2043,7 +2073,7 @@ static int http_parse(const char *b, size_t n, http_req *r)
             return -1;
         size_t nn = (size_t)(colon - p);
         for (i = 0; i < nn; i++)
-            if (!(isalnum((unsigned char)p[i]) || strchr("!#$%&'*+-.^_`|~", p[i])))
+            if (!(isalnum((unsigned char)p[i]) || (p[i] && strchr("!#$%&'*+-.^_`|~", p[i]))))
                 return -1;
         size_t vn = ln - nn - 1;
         const char *v = trim(colon + 1, &vn);
@@ -3331,7 +3361,7 @@ static void metrics_body(sbuf *b)
 
 /* ==== The event loop ==================================================== */
 
-static void on_signal(int sig)
+MAIN_ONLY static void on_signal(int sig)
 {
     int saved = errno;
     S.stop = sig;
@@ -3347,7 +3377,7 @@ static int set_nonblock(int fd)
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-static int listen_on(const char *spec_, char *err, size_t errlen)
+MAIN_ONLY static int listen_on(const char *spec_, char *err, size_t errlen)
 {
     char host[256], port[8];
     struct addrinfo hints, *res, *ai;
@@ -3532,7 +3562,7 @@ static int repl_stopped(void)
     return 0;
 }
 
-static int run(void)
+MAIN_ONLY static int run(void)
 {
     int64_t last_tick = 0;
     int shutting = 0;
@@ -3603,7 +3633,7 @@ static int run(void)
     return 0;
 }
 
-static void usage(FILE *f)
+MAIN_ONLY static void usage(FILE *f)
 {
     fprintf(f, "usage: pgcdc [-c FILE] [-t] [-v|-q] [-V] [-h]\n"
                "  -c FILE   configuration file (default: ./pgcdc.config)\n"
@@ -3613,7 +3643,7 @@ static void usage(FILE *f)
                "  -h        this help\n");
 }
 
-static void raise_nofile(void)
+MAIN_ONLY static void raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
