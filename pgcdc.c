@@ -2814,6 +2814,8 @@ static const char *explain(const char *sqlstate, const char *msg)
     return NULL;
 }
 
+static void repl_teardown(void);
+
 static void repl_fail(const char *what, PGresult *res)
 {
     const char *msg = res ? PQresultErrorMessage(res) : (S.repl ? PQerrorMessage(S.repl) : "");
@@ -2830,6 +2832,12 @@ static void repl_fail(const char *what, PGresult *res)
     else
         log_error("replication: %s failed: %s%s%s; retrying in %d s", what, m, hint ? " -- " : "",
                   hint ? hint : "", S.rbackoff);
+    repl_teardown();
+}
+
+/* Drops the replication connection and schedules the next attempt. */
+static void repl_teardown(void)
+{
     if (S.repl)
         PQfinish(S.repl);
     S.repl = NULL;
@@ -2936,8 +2944,9 @@ static int repl_result(PGresult *res)
             return -1;
         }
         if (PQgetisnull(res, 0, 3)) {
-            log_error("replication: the connection has no database: conninfo must name one (dbname=...)");
-            repl_fail("IDENTIFY_SYSTEM", NULL);
+            log_error("replication: the connection has no database: conninfo must name one (dbname=...); retrying in %d s",
+                      S.rbackoff);
+            repl_teardown();
             return -1;
         }
         return 0;
@@ -2958,19 +2967,20 @@ static int repl_result(PGresult *res)
             const char *db_ok = PQgetvalue(res, 0, 3);
             if (strcmp(plugin, "wal2json")) {
                 log_error("replication: slot \"%s\" exists with plugin \"%s\", not wal2json; "
-                          "use another slot name or drop it", S.cfg.slot, plugin);
-                repl_fail("slot check", NULL);
+                          "use another slot name or drop it; retrying in %d s", S.cfg.slot, plugin, S.rbackoff);
+                repl_teardown();
                 return -1;
             }
             if (strcmp(db_ok, "t")) {
-                log_error("replication: slot \"%s\" belongs to another database; use another slot name", S.cfg.slot);
-                repl_fail("slot check", NULL);
+                log_error("replication: slot \"%s\" belongs to another database; use another slot name; retrying in %d s",
+                          S.cfg.slot, S.rbackoff);
+                repl_teardown();
                 return -1;
             }
             if (!strcmp(walst, "lost")) {
                 log_error("replication: slot \"%s\" was invalidated (it exceeded max_slot_wal_keep_size); drop it "
-                          "with SELECT pg_drop_replication_slot('%s') and restart pgcdc", S.cfg.slot, S.cfg.slot);
-                repl_fail("slot check", NULL);
+                          "with SELECT pg_drop_replication_slot('%s'); retrying in %d s", S.cfg.slot, S.cfg.slot, S.rbackoff);
+                repl_teardown();
                 return -1;
             }
             uint64_t cf = 0;
