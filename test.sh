@@ -25,7 +25,8 @@ ROOT=$PWD
 
 # Debian packages the tests need.
 DEPS=(postgresql-15 postgresql-15-wal2json libpq-dev python3-websockets
-      build-essential clang libclang-rt-14-dev valgrind)
+      build-essential clang libclang-rt-14-dev valgrind nginx openssl curl
+      chromium nodejs npm)
 
 # Stages in the order they run.
 STAGES=(deps build clang unit postgres suites optional)
@@ -36,8 +37,9 @@ STAGES=(deps build clang unit postgres suites optional)
 OPTIONAL=(
     "tests/conformance.py|900"
     "tests/fuzz.sh|900"
-    "tests/valgrind.sh|900"
-    "tests/bench.sh|600"
+    "tests/leaks.sh|1500"
+    "tests/proxy.sh|300"
+    "tests/browser.sh|300"
 )
 
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
