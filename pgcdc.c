@@ -721,6 +721,7 @@ static server S;
 #define REQ_MAX 8192
 #define REQUEST_TIMEOUT_MS 10000
 #define CLOSE_TIMEOUT_MS 5000
+#define DRAIN_TIMEOUT_MS 30000
 #define LINGER_MS 2000
 #define TABLE_CACHE_MS 5000
 
@@ -1817,7 +1818,10 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
     c->replaying = 0;
     group_leave(c);
     c->close_after = (uint8_t)(!wait_reply || c->got_close);
-    c->deadline = S.now + CLOSE_TIMEOUT_MS;
+    /* behind unsent bytes (a slow consumer) the close frame may take a while
+     * to get out; give it DRAIN_TIMEOUT_MS, then CLOSE_TIMEOUT_MS for the
+     * peer's answer once it is out (see client_write) */
+    c->deadline = S.now + (c->qn > 1 || c->pollout ? DRAIN_TIMEOUT_MS : CLOSE_TIMEOUT_MS);
 }
 
 static void replay_fill(client *c);
@@ -1880,6 +1884,8 @@ static void client_write(client *c)
         c->qcap = 0;
         c->qhead = 0;
     }
+    if (!c->qn && c->state == C_CLOSING && c->deadline > S.now + CLOSE_TIMEOUT_MS)
+        c->deadline = S.now + CLOSE_TIMEOUT_MS;   /* the close frame is out */
     if (!c->qn && c->close_after) {
         if (c->state == C_HTTP || c->state == C_LINGER || c->state == C_PENDING) {
             /* an HTTP answer: stop sending, drain what the peer still sends */
