@@ -1817,6 +1817,10 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
     c->state = C_CLOSING;
     c->replaying = 0;
     group_leave(c);
+    if (c->counted) {   /* closing: no longer a client, nor a max_clients place */
+        c->counted = 0;
+        S.nclients--;
+    }
     c->close_after = (uint8_t)(!wait_reply || c->got_close);
     /* behind unsent bytes (a slow consumer) the close frame may take a while
      * to get out; give it DRAIN_TIMEOUT_MS, then CLOSE_TIMEOUT_MS for the
