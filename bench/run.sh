@@ -163,6 +163,7 @@ http() { curl -s -m 3 "http://127.0.0.1:$PORT$1" 2>/dev/null; }
 TCK=$(getconf CLK_TCK)
 CPU=()              # CPU seconds used per run, printed after the table
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+sys_ticks() { awk '{ print $15 }' "/proc/$1/stat" 2>/dev/null; }   # kernel part
 cpu_s() { local t; t=$(cpu_ticks "$1"); if num "$t"; then calc "$t / $TCK" 2; else echo "n/a (exited)"; fi; }
 vm() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }   # kB
 
@@ -310,12 +311,12 @@ ws_run() {
         log "wsload $name: connections not ready in 120 s"
     fi
     log "$name: $(grep '^connected' "$out")"
-    local c0; c0=$(cpu_ticks "$PGCDC_PID"); c0=${c0:-0}
+    local c0 s0; c0=$(cpu_ticks "$PGCDC_PID"); c0=${c0:-0}; s0=$(sys_ticks "$PGCDC_PID"); s0=${s0:-0}
     workload "${wl[@]}"
     wait_pid "$pid" 420
-    local c1; c1=$(cpu_ticks "$PGCDC_PID"); c1=${c1:-0}
+    local c1 s1; c1=$(cpu_ticks "$PGCDC_PID"); c1=${c1:-0}; s1=$(sys_ticks "$PGCDC_PID"); s1=${s1:-0}
     log "$name: $(grep '^result' "$out" | cut -c1-200)"
-    CPU+=("$name: pgcdc $(calc "($c1 - $c0) / $TCK" 2) s, wsload $(kv "$out" result cpu_s) s, $(kv "$out" result frames) frames, $(calc "0$(kv "$out" result bytes) / 1048576" 0) MiB")
+    CPU+=("$name: pgcdc $(calc "($c1 - $c0) / $TCK" 2) s (kernel $(calc "($s1 - $s0) / $TCK" 2) s), wsload $(kv "$out" result cpu_s) s, $(kv "$out" result frames) frames, $(calc "0$(kv "$out" result bytes) / 1048576" 0) MiB")
 }
 
 # ref_run NAME WORKLOAD-ARGS... -- WSLOAD-ARGS...: the same through
