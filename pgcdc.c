@@ -696,6 +696,10 @@ typedef struct server {
     int64_t last_status_ms;
     int reply_now;
     int repl_more;            /* libpq may hold more messages */
+    int64_t repl_rx_ms;       /* when the stream last said anything */
+    int64_t rattempt_ms;      /* when this connection attempt began */
+    int64_t cat_since;        /* when the catalog connection began waiting */
+    int64_t accept_paused;    /* out of descriptors: accept again after */
     int64_t stop_deadline;
 
     /* catalog connection */
@@ -1676,6 +1680,14 @@ static void mark_dirty(client *c)
     }
 }
 
+/* What a queued frame costs against max_queue: a change's bytes (shared
+ * with the other clients), or the whole allocation of a frame made for this
+ * client alone (a pong of 2 bytes still takes a pool block). */
+static size_t q_cost(const frame *f)
+{
+    return f->change ? f->len : frame_cost(f);
+}
+
 /* Drops queued frames: all of them, or (changes_only) the change frames not
  * yet started, keeping the handshake answer, pongs and other control frames
  * in their order. */
@@ -1689,7 +1701,7 @@ static void q_clear(client *c, int changes_only)
             c->q[(c->qhead + kept) & (c->qcap - 1)] = f;
             kept++;
         } else {
-            c->qbytes -= f->len;
+            c->qbytes -= q_cost(f);
             frame_unref(f);
         }
     }
@@ -1720,7 +1732,7 @@ static void q_push(client *c, frame *f)
     f->refs++;
     c->q[(c->qhead + c->qn) & (c->qcap - 1)] = f;
     c->qn++;
-    c->qbytes += f->len;
+    c->qbytes += q_cost(f);
     mark_dirty(c);
 }
 
@@ -1784,7 +1796,8 @@ static void client_close(client *c)
     }
     S.npfd--;
     S.nconns--;
-    c->dnext = NULL;
+    /* it may still be on the dirty list: flush_dirty skips it, and its
+     * memory lasts until graveyard_free, which runs after flush_dirty */
     c->gnext = graveyard;   /* out of its group now: reuse the link */
     graveyard = c;
 }
@@ -1871,7 +1884,7 @@ static void client_write(client *c)
             c->qoff = 0;
             c->qhead = (c->qhead + 1) & (c->qcap - 1);
             c->qn--;
-            c->qbytes -= f->len;
+            c->qbytes -= q_cost(f);
             if (f->change)
                 S.m_frames++;
             frame_unref(f);
@@ -1881,7 +1894,7 @@ static void client_write(client *c)
     }
     if (c->fd < 0)
         return;
-    int want = c->qn > 0;
+    int want = c->qn > 0 || c->replaying;   /* replaying: come back for more */
     if (!c->qn && c->qcap > 64) {   /* give back a big ring once drained */
         free(c->q);
         c->q = NULL;
@@ -1940,9 +1953,10 @@ static int frame_matches(client *c, frame *f)
 static void replay_fill(client *c)
 {
     size_t budget = S.cfg.max_queue / 2;
+    int scan = 2048;   /* frames looked at per call: others get their turn */
     if (!c->grp)
         return;
-    while (c->replaying && c->qbytes < budget) {
+    while (c->replaying && c->qbytes < budget && scan-- > 0) {
         if (c->cursor >= S.next_seq) {
             c->replaying = 0;
             log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
@@ -2658,6 +2672,7 @@ static void cat_send(void)
         return;
     }
     S.cstate = 3;
+    S.cat_since = S.now;
     PQflush(S.cat);
 }
 
@@ -2680,6 +2695,10 @@ static void lookup_start(client *c, spec *sp)
 
 static void cat_tick(void)
 {
+    if ((S.cstate == 1 || S.cstate == 3) && S.now - S.cat_since > 10000) {
+        cat_down("no answer from the database within 10 s");
+        return;
+    }
     if (S.cstate == 0 && S.lk_head && S.now >= S.cat_retry) {
         const char *keys[] = { "dbname", "fallback_application_name", NULL };
         const char *vals[] = { S.cfg.conninfo, "pgcdc", NULL };
@@ -2690,6 +2709,7 @@ static void cat_tick(void)
         }
         PQsetnonblocking(S.cat, 1);
         S.cstate = 1;
+        S.cat_since = S.now;
         S.pfd[SLOT_CAT].fd = PQsocket(S.cat);
         S.pfd[SLOT_CAT].events = POLLOUT;
     }
@@ -2892,6 +2912,7 @@ static void repl_connect(void)
     }
     PQsetnonblocking(S.repl, 1);
     S.rstate = R_CONNECTING;
+    S.rattempt_ms = S.now;
     repl_watch(POLLOUT);
 }
 
@@ -3082,6 +3103,7 @@ static void repl_next(void)
         S.in_txn = 0;
         S.last_status_ms = S.now;
         S.last_txn_ms = S.now;
+        S.repl_rx_ms = S.now;
         break;
     default:
         break;
@@ -3186,6 +3208,15 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
         S.processed = start;
     while (len && (rec[len - 1] == '\n' || rec[len - 1] == ' '))
         len--;
+    if (ws_utf8_step(0, (const uint8_t *)rec, len) != 0) {
+        /* a text frame must be UTF-8; an SQL_ASCII database can send anything */
+        S.m_skipped++;
+        log_warn("replication: skipped a wal2json record at %X/%X that is not valid UTF-8 "
+                 "(is the database SQL_ASCII?)", (unsigned)(start >> 32), (unsigned)start);
+        if (S.in_txn && len > 12 && !memcmp(rec, "{\"action\":\"", 11) && strchr("IUDT", rec[11]))
+            S.cur_n++;
+        return;
+    }
     int e = w2j_parse(rec, len, S.toks, S.ntoks, S.cols, S.ncols, &r);
     if (e != JSON_OK || len < 2 || rec[0] != '{') {
         S.m_skipped++;
@@ -3253,6 +3284,7 @@ static void repl_stream(void)
             return;
         }
         const uint8_t *m = (const uint8_t *)buf;
+        S.repl_rx_ms = S.now;
         if (m[0] == 'w' && n >= 25) {
             if (S.rstate == R_STREAMING)
                 handle_xlogdata(m, (size_t)n);
@@ -3325,10 +3357,27 @@ static void repl_event(short revents)
     }
 }
 
+#define CONNECT_TIMEOUT_MS 30000
+
 static void repl_tick(void)
 {
     if (S.rstate == R_WAIT && !S.stop && S.now >= S.rwait_until)
         repl_connect();
+    if (S.rstate >= R_CONNECTING && S.rstate < R_STREAMING && S.now - S.rattempt_ms > CONNECT_TIMEOUT_MS) {
+        log_error("replication: no answer from the server within %d s while connecting; retrying in %d s",
+                  CONNECT_TIMEOUT_MS / 1000, S.rbackoff);
+        repl_teardown();
+        return;
+    }
+    /* idle status updates ask for a reply, so a healthy server is never
+     * silent this long: it is gone (partition, hang), reconnect */
+    int64_t silent = (int64_t)(S.cfg.status_interval * 3 > 60 ? S.cfg.status_interval * 3 : 60) * 1000;
+    if (S.rstate == R_STREAMING && S.now - S.repl_rx_ms > silent) {
+        log_warn("replication: the server sent nothing for %lld s; reconnecting in %d s",
+                 (long long)(silent / 1000), S.rbackoff);
+        repl_teardown();
+        return;
+    }
     if (S.rstate == R_STREAMING &&
         (S.reply_now == 1 || S.now - S.last_status_ms >= (int64_t)S.cfg.status_interval * 1000))
         repl_status();
@@ -3442,6 +3491,9 @@ static void accept_clients(void)
         int fd = accept(S.listen_fd, (struct sockaddr *)&ss, &sl);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) {
+                /* the listener stays readable: pause it, or the loop spins */
+                S.pfd[SLOT_LISTEN].events = 0;
+                S.accept_paused = S.now + 100;
                 if (S.now - emfile_logged > 10000) {
                     log_warn("out of file descriptors (%s): raise the limit (ulimit -n)", strerror(errno));
                     emfile_logged = S.now;
@@ -3575,9 +3627,9 @@ static int repl_stopped(void)
         if (n == 0)
             return 0;
         PGresult *res;
-        while ((res = PQgetResult(S.repl)) != NULL)
+        while (!PQisBusy(S.repl) && (res = PQgetResult(S.repl)) != NULL)
             PQclear(res);
-        return 1;
+        return !PQisBusy(S.repl);
     }
     return 0;
 }
@@ -3602,6 +3654,10 @@ MAIN_ONLY static int run(void)
         }
         if (S.now - last_tick >= 100) {
             last_tick = S.now;
+            if (S.accept_paused && S.now >= S.accept_paused && S.listen_fd >= 0) {
+                S.accept_paused = 0;
+                S.pfd[SLOT_LISTEN].events = POLLIN;
+            }
             clients_tick();
             if (!shutting) {
                 repl_tick();
