@@ -46,6 +46,15 @@ def run_test(name, fn, *args):
         report(name, False, "%s: %s" % (type(e).__name__, e))
 
 
+def run_selected(tests):
+    """Runs (name, fn) pairs: all, or those whose name contains one of the
+    command-line arguments; then finish()."""
+    for name, fn in tests:
+        if len(sys.argv) < 2 or any(a in name for a in sys.argv[1:]):
+            run_test(name, fn)
+    finish()
+
+
 def finish():
     print("%s: %d passed, %d failed" % (os.path.basename(sys.argv[0]), passed, failed), flush=True)
     sys.exit(1 if failed else 0)
@@ -186,17 +195,21 @@ def raw_http(port, request_bytes, timeout=5):
     return data
 
 
-async def collect(ws, n, timeout=30):
-    """Receives n frames (parsed JSON) from a websockets connection."""
+async def recv_text(ws, n, timeout=30):
+    """Receives n frames from a websockets connection, as text."""
     out = []
     deadline = time.time() + timeout
     while len(out) < n:
         left = deadline - time.time()
         if left <= 0:
             raise AssertionError("got %d of %d frames" % (len(out), n))
-        msg = await asyncio.wait_for(ws.recv(), left)
-        out.append(json.loads(msg))
+        out.append(await asyncio.wait_for(ws.recv(), left))
     return out
+
+
+async def collect(ws, n, timeout=30):
+    """Receives n frames (parsed JSON) from a websockets connection."""
+    return [json.loads(m) for m in await recv_text(ws, n, timeout)]
 
 
 async def expect_silence(ws, seconds=0.5):

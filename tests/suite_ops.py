@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 import wsraw  # noqa: E402
-from harness import (PGCDC, Pgcdc, finish, free_port, http_get,  # noqa: E402
-                     run_test, sql)
+from harness import (PGCDC, Pgcdc, expect_silence, free_port, http_get,  # noqa: E402
+                     recv_text, run_selected, sql)
 
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 LEVEL_RE = re.compile(r"\b(error|warn|warning|info|debug|fatal|notice)\b", re.I)
@@ -204,24 +204,8 @@ async def ws_close(ws):
         pass
 
 
-async def recv_n(ws, n, timeout=30):
-    """Receives n text frames; returns their payloads (str)."""
-    out = []
-    deadline = time.time() + timeout
-    while len(out) < n:
-        left = deadline - time.time()
-        if left <= 0:
-            raise AssertionError("got %d of %d frames" % (len(out), n))
-        out.append(await asyncio.wait_for(ws.recv(), left))
-    return out
+recv_n = recv_text
 
-
-async def expect_silence(ws, seconds=0.4):
-    try:
-        msg = await asyncio.wait_for(ws.recv(), seconds)
-    except asyncio.TimeoutError:
-        return
-    raise AssertionError("unexpected frame: %s" % msg[:200])
 
 
 def raw_client(pc, query, rcvbuf=None):
@@ -890,10 +874,7 @@ TESTS = [
 
 
 def main():
-    for name, fn in TESTS:
-        if len(sys.argv) < 2 or any(a in name for a in sys.argv[1:]):
-            run_test(name, fn)
-    finish()
+    run_selected(TESTS)
 
 
 if __name__ == "__main__":

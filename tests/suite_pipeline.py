@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import (PGCDC, Pgcdc, collect, expect_silence, finish,  # noqa: E402
-                     http_get, pos_key, raw_http, report, run_test, sql)
+                     http_get, pos_key, raw_http, recv_text, report, run_test, sql)
 
 POS_RE = re.compile(r'^\{"pos":"([0-9A-F]+/[0-9A-F]+):([0-9]+)",')
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -54,16 +54,7 @@ def connect(pc, query, filters=(), raw=False):
                                     ping_interval=None, open_timeout=10)
 
 
-async def recv_raw(ws, n, timeout=30):
-    """Receives n frames as text."""
-    out = []
-    deadline = time.time() + timeout
-    while len(out) < n:
-        left = deadline - time.time()
-        if left <= 0:
-            raise AssertionError("got %d of %d frames" % (len(out), n))
-        out.append(await asyncio.wait_for(ws.recv(), left))
-    return out
+recv_raw = recv_text
 
 
 def split_frame(text):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import (PGCDC, PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc, collect,  # noqa: E402
-                     finish, http_get, pos_key, raw_http, run_test, sql)
+                     http_get, pos_key, raw_http, run_selected, sql)
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -569,11 +569,7 @@ TESTS = [
 
 
 def main():
-    """Runs every test, or those whose name contains one of the arguments."""
-    for name, fn in TESTS:
-        if len(sys.argv) < 2 or any(a in name for a in sys.argv[1:]):
-            run_test(name, fn)
-    finish()
+    run_selected(TESTS)
 
 
 if __name__ == "__main__":
