@@ -40,6 +40,7 @@ OPTIONAL=(
     "tests/leaks.sh|1500"
     "tests/proxy.sh|300"
     "tests/browser.sh|300"
+    "tests/static.sh|900"
 )
 
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
