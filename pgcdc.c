@@ -3452,6 +3452,27 @@ MAIN_ONLY static int listen_on(const char *spec_, char *err, size_t errlen)
     struct addrinfo hints, *res, *ai;
     int fd = -1, e;
     parse_listen(spec_, host, sizeof host, port, sizeof port);
+    if (!*host) {
+        /* ":port": one dual-stack socket for IPv6 and IPv4 when the host
+         * has IPv6, else IPv4 only */
+        fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            struct sockaddr_in6 a6;
+            int one = 1, zero = 0;
+            memset(&a6, 0, sizeof a6);
+            a6.sin6_family = AF_INET6;
+            a6.sin6_addr = in6addr_any;
+            a6.sin6_port = htons((uint16_t)atoi(port));
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+            if (bind(fd, (struct sockaddr *)&a6, sizeof a6) == 0 && listen(fd, 1024) == 0) {
+                set_nonblock(fd);
+                return fd;
+            }
+            close(fd);
+            fd = -1;
+        }
+    }
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -3466,10 +3487,6 @@ MAIN_ONLY static int listen_on(const char *spec_, char *err, size_t errlen)
         if (fd < 0)
             continue;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (ai->ai_family == AF_INET6 && !*host) {
-            int zero = 0;   /* ":port" listens on IPv4 and IPv6 */
-            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-        }
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
             break;
         snprintf(err, errlen, "cannot listen on %s: %s", spec_, strerror(errno));
