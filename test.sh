@@ -41,6 +41,7 @@ OPTIONAL=(
     "tests/proxy.sh|300"
     "tests/browser.sh|300"
     "tests/static.sh|900"
+    "tests/install.sh|120"
 )
 
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
