@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 PGCDC = os.environ.get("PGCDC", os.path.abspath("./pgcdc"))
@@ -219,6 +220,32 @@ async def expect_silence(ws, seconds=0.5):
     except asyncio.TimeoutError:
         return
     raise AssertionError("unexpected frame: %s" % msg[:200])
+
+
+def wait_until(fn, timeout, what, step=0.05):
+    """Polls fn() until it returns a true value (returned); fails after
+    timeout saying what was awaited (what may be a callable)."""
+    deadline = time.time() + timeout
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.time() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (
+                timeout, what() if callable(what) else what))
+        time.sleep(step)
+
+
+def ws_path(query, filters=(), since=None):
+    """/ws?query=...&filter=...&since=..., each value encoded as a browser's
+    encodeURIComponent does."""
+    enc = lambda s: urllib.parse.quote(s, safe="-_.!~*'()")  # noqa: E731
+    path = "/ws?query=" + enc(query)
+    for f in filters:
+        path += "&filter=" + enc(f)
+    if since is not None:
+        path += "&since=" + enc(since)
+    return path
 
 
 def pos_key(pos):

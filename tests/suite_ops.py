@@ -29,7 +29,7 @@ import websockets  # noqa: E402
 
 import wsraw  # noqa: E402
 from harness import (PGCDC, Pgcdc, expect_silence, free_port, http_get,  # noqa: E402
-                     recv_text, run_selected, sql)
+                     recv_text, run_selected, sql, wait_until)
 
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 LEVEL_RE = re.compile(r"\b(error|warn|warning|info|debug|fatal|notice)\b", re.I)
@@ -138,21 +138,6 @@ def metric(port, name):
 DROP_SLOW = 'pgcdc_clients_dropped_total{reason="slow"}'
 DROP_PROTO = 'pgcdc_clients_dropped_total{reason="protocol"}'
 DROP_TIMEOUT = 'pgcdc_clients_dropped_total{reason="timeout"}'
-
-
-def wait_until(fn, timeout, what, step=0.05):
-    """Polls fn() until it returns a true value (returned); fails after
-    timeout saying what was awaited and the last value."""
-    deadline = time.time() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.time() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (
-                timeout, what() if callable(what) else what))
-        time.sleep(step)
 
 
 async def await_until(fn, timeout, what, step=0.05):

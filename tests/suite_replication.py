@@ -25,33 +25,18 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
 from faultlib import Cluster, FastReader, Inserter, Server  # noqa: E402
-from harness import finish, pos_key, report  # noqa: E402
+from harness import finish, pos_key, report, ws_path  # noqa: E402
 
 RECONNECT_MAX = 2
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def enc(s):
-    """What a browser's encodeURIComponent gives."""
-    return urllib.parse.quote(s, safe="-_.!~*'()")
-
-
-def ws_path(query, filters=(), since=None):
-    path = "/ws?query=" + enc(query)
-    for f in filters:
-        path += "&filter=" + enc(f)
-    if since is not None:
-        path += "&since=" + enc(since)
-    return path
-
 
 async def connect(srv, query, filters=(), since=None):
     return await websockets.connect(srv.url(ws_path(query, filters, since)), max_size=None,

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 import wsraw  # noqa: E402
-from harness import Pgcdc, conninfo, http_get, run_selected, sql  # noqa: E402
+from harness import Pgcdc, conninfo, http_get, run_selected, sql, wait_until  # noqa: E402
 
 DROP_SLOW = 'pgcdc_clients_dropped_total{reason="slow"}'
 
@@ -62,18 +62,6 @@ def metric(port, name):
     m = metrics(port)
     assert name in m, "/metrics lacks %s" % name
     return m[name]
-
-
-def wait_until(fn, timeout, what, step=0.05):
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.time() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (
-                timeout, what() if callable(what) else what))
-        time.sleep(step)
 
 
 def raw_client(pc, query, timeout=5.0, rcvbuf=None):
