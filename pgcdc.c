@@ -641,6 +641,14 @@ struct client {
     ws_parser wp;
 };
 
+/* An upgrade waits on a lookup while an ordinary connection asks the
+ * catalog whether its table exists; c is NULL once the client has gone. */
+struct lookup {
+    client *c;
+    char *schema, *name;
+    lookup *next;
+};
+
 enum rstate { R_WAIT, R_CONNECTING, R_IDENTIFY, R_SET, R_SLOTINFO,
               R_CREATE, R_START, R_STREAMING, R_STOPPING };
 
@@ -1769,7 +1777,7 @@ static void client_free_mem(client *c)
     free(c->req);
     if (c->pend) {
         if (c->pend->lk)
-            *(client **)c->pend->lk = NULL;   /* the look-up outlives us */
+            c->pend->lk->c = NULL;   /* the look-up outlives the client */
         free(c->pend->sp);
         params_free(&c->pend->prm);
         free(c->pend);
@@ -2619,15 +2627,6 @@ drain:;
 }
 
 /* ==== Catalog look-ups ================================================== */
-
-/* An upgrade waits here while an ordinary connection asks the catalog
- * whether its table exists.  The first member is the waiting client (NULL
- * once it has gone), so that the client can clear it. */
-struct lookup {
-    client *c;
-    char *schema, *name;
-    lookup *next;
-};
 
 static void cat_down(const char *why)
 {

@@ -274,7 +274,8 @@ void params_free(ws_params *p);
 spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
                  char *err, size_t errlen);
 /* Does the change r (of spec's table) match the spec's types and filters?
- * scratch/scap: room to unescape values for comparisons. */
+ * (String values with escapes are unescaped into a scratch buffer that
+ * pgcdc.c keeps and grows as needed.) */
 int spec_match(const spec *s, const w2j_record *r);
 /* Parses a decimal number written as JSON allows, or also with a leading '+',
  * a leading '.', or a trailing '.' when lax.  Returns 0 or -1. */
