@@ -1589,27 +1589,28 @@ static table *table_get(const char *schema, size_t sn, const char *name, size_t 
     return t;
 }
 
-/* The table a wal2json record names (its names may be escaped). */
-static table *table_of_record(const w2j_record *r)
+/* A name from a record, unescaped into buf when it has escapes (catalog
+ * names are at most 63 bytes).  Returns NULL for a bad escape. */
+static const char *record_name(slice v, char buf[256], size_t *n)
 {
-    char sbuf_[256], tbuf[256];
-    const char *s = r->schema.p, *t = r->table.p;
-    size_t sn = r->schema.n, tn = r->table.n;
-    if (memchr(s, '\\', sn)) {
-        long n = json_unescape(s, sn, sbuf_, sizeof sbuf_);
-        if (n < 0)
-            return NULL;
-        s = sbuf_;
-        sn = (size_t)n;
+    if (!memchr(v.p, '\\', v.n)) {
+        *n = v.n;
+        return v.p;
     }
-    if (memchr(t, '\\', tn)) {
-        long n = json_unescape(t, tn, tbuf, sizeof tbuf);
-        if (n < 0)
-            return NULL;
-        t = tbuf;
-        tn = (size_t)n;
-    }
-    return table_get(s, sn, t, tn, 0);
+    long u = json_unescape(v.p, v.n, buf, 256);
+    if (u < 0)
+        return NULL;
+    *n = (size_t)u;
+    return buf;
+}
+
+/* The table a wal2json record names; created when create is set. */
+static table *table_of_record(const w2j_record *r, int create)
+{
+    char sb[256], tb[256];
+    size_t sn, tn;
+    const char *s = record_name(r->schema, sb, &sn), *t = record_name(r->table, tb, &tn);
+    return s && t ? table_get(s, sn, t, tn, create) : NULL;
 }
 
 static void group_join(client *c, spec *sp, table *t)
@@ -3147,14 +3148,8 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
     S.have_last = 1;
     S.last_lsn = S.cur_commit;
     S.last_idx = idx;
-    table *t = table_of_record(r);
-    if (!t && S.cfg.history) {
-        char sb[256], tb[256];
-        long sn = json_unescape(r->schema.p, r->schema.n, sb, sizeof sb);
-        long tn = json_unescape(r->table.p, r->table.n, tb, sizeof tb);
-        if (sn >= 0 && tn >= 0)
-            t = table_get(sb, (size_t)sn, tb, (size_t)tn, 1);
-    }
+    /* with a history, every table gets an entry: a client may resume on it */
+    table *t = table_of_record(r, S.cfg.history > 0);
     if (t)
         t->verified = S.now;
     if (!S.cfg.history && (!t || !t->groups)) {
