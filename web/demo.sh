@@ -13,7 +13,8 @@ need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 [ -f /usr/lib/postgresql/15/lib/wal2json.so ] || need+=(postgresql-15-wal2json)
 [ -f /usr/include/postgresql/libpq-fe.h ] || need+=(libpq-dev)
-command -v cc >/dev/null || need+=(build-essential)
+{ command -v cc && command -v make; } >/dev/null || need+=(build-essential)
+command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     echo "demo: installing ${need[*]}"
