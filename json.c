@@ -413,6 +413,9 @@ long json_unescape(const char *s, size_t n, char *out, size_t cap)
 int json_str_eq(slice s, const char *raw, size_t rawlen)
 {
     size_t i = 0, o = 0;
+    /* most names carry no escape: then the bytes are the value */
+    if (!memchr(s.p, '\\', s.n))
+        return s.n == rawlen && memcmp(s.p, raw, rawlen) == 0;
     while (i < s.n) {
         if (s.p[i] != '\\') {
             if (o == rawlen || s.p[i] != raw[o])
@@ -487,9 +490,18 @@ static slice tok_slice(const char *buf, const json_tok *t)
     return sl;
 }
 
-static int key_is(const char *buf, const json_tok *t, const char *name)
+/* Is the key token t the member name?  Escapes only make a string longer,
+ * so a key as long as name must match it byte for byte, a shorter one
+ * cannot, and only a longer one with a backslash needs decoding. */
+static int key_is(const char *buf, const json_tok *t, const char *name, size_t nn)
 {
-    return json_str_eq(tok_slice(buf, t), name, strlen(name));
+    size_t n = t->end - t->start;
+    const char *k = buf + t->start;
+    if (n == nn)
+        return memcmp(k, name, n) == 0;
+    if (n < nn || !memchr(k, '\\', n))
+        return 0;
+    return json_str_eq(tok_slice(buf, t), name, nn);
 }
 
 /* Fills c from the column object at toks[i]. */
@@ -506,15 +518,15 @@ static int read_col(const char *buf, const json_tok *toks, int ntok, int i,
     for (uint32_t m = 0; m < toks[i].size; m++) {
         const json_tok *key = &toks[k], *val = &toks[k + 1];
         int str = val->type == JSON_STRING;
-        if (key_is(buf, key, "name")) {
+        if (key_is(buf, key, "name", 4)) {
             if (seen_name++ || !str)
                 return JSON_INVALID;
             c->name = tok_slice(buf, val);
-        } else if (key_is(buf, key, "type")) {
+        } else if (key_is(buf, key, "type", 4)) {
             if (seen_type++ || !str)
                 return JSON_INVALID;
             c->type = tok_slice(buf, val);
-        } else if (key_is(buf, key, "value")) {
+        } else if (key_is(buf, key, "value", 5)) {
             if (seen_value++)
                 return JSON_INVALID;
             c->value = tok_slice(buf, val);
@@ -576,11 +588,12 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
     static const char *const names[F_COUNT] = {
         "action", "lsn", "nextlsn", "schema", "table", "columns", "identity"
     };
+    static const unsigned char lens[F_COUNT] = { 6, 3, 7, 6, 5, 7, 8 };
     int at[F_COUNT] = { 0 };
     int k = 1;
     for (uint32_t m = 0; m < toks[0].size; m++) {
         for (int f = 0; f < F_COUNT; f++) {
-            if (key_is(buf, &toks[k], names[f])) {
+            if (key_is(buf, &toks[k], names[f], lens[f])) {
                 if (at[f])
                     return JSON_INVALID;
                 at[f] = k + 1;
