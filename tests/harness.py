@@ -208,6 +208,26 @@ async def recv_text(ws, n, timeout=30):
     return out
 
 
+async def recv_until(ws, pred, timeout=30, describe=None):
+    """Receives frames (parsed JSON) until pred(frame) holds for one; returns
+    them all, that one last.  On timeout the message ends with
+    describe(frames so far) when given."""
+    out = []
+    deadline = time.time() + timeout
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            raise AssertionError("timed out after %d frames%s" % (
+                len(out), ": " + describe(out) if describe else ""))
+        try:
+            f = json.loads(await asyncio.wait_for(ws.recv(), left))
+        except asyncio.TimeoutError:
+            continue
+        out.append(f)
+        if pred(f):
+            return out
+
+
 async def collect(ws, n, timeout=30):
     """Receives n frames (parsed JSON) from a websockets connection."""
     return [json.loads(m) for m in await recv_text(ws, n, timeout)]

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import Pgcdc, finish, raw_http, report, run_test, sql  # noqa: E402
+from harness import recv_until as harness_recv_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECRET = "s3cret: grants & more"
@@ -89,19 +89,8 @@ def cols(frame):
 
 
 async def recv_until(ws, pred, timeout=20):
-    out = []
-    deadline = time.time() + timeout
-    while True:
-        left = deadline - time.time()
-        if left <= 0:
-            raise AssertionError("timed out after %d frames: %s" % (len(out), [cols(f) for f in out][-5:]))
-        try:
-            f = json.loads(await asyncio.wait_for(ws.recv(), left))
-        except asyncio.TimeoutError:
-            continue
-        out.append(f)
-        if pred(f):
-            return out
+    return await harness_recv_until(ws, pred, timeout,
+                                    lambda out: str([cols(f) for f in out][-5:]))
 
 
 async def close(ws):

@@ -23,6 +23,7 @@ import websockets  # noqa: E402
 
 from harness import (PGCDC, PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc, collect,  # noqa: E402
                      http_get, pos_key, raw_http, run_selected, sql, ws_path)
+from harness import recv_until as harness_recv_until  # noqa: E402
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -152,22 +153,9 @@ class Writer:
 
 
 async def recv_until(ws, pred, timeout=30, what="frames"):
-    """Receives frames (parsed) until pred(frame) is true for one; returns
-    them all, that one last."""
-    out = []
-    deadline = time.time() + timeout
-    while True:
-        left = deadline - time.time()
-        if left <= 0:
-            raise AssertionError("timed out waiting for %s after %d frames (last n %s)" %
-                                 (what, len(out), num(out[-1]) if out else None))
-        try:
-            f = json.loads(await asyncio.wait_for(ws.recv(), left))
-        except asyncio.TimeoutError:
-            continue
-        out.append(f)
-        if pred(f):
-            return out
+    """Receives frames until pred(frame) holds for one; returns them all."""
+    return await harness_recv_until(ws, pred, timeout, lambda out: "waiting for %s (last n %s)" % (
+        what, num(out[-1]) if out else None))
 
 
 async def wait_n(w, n, timeout=20):
