@@ -29,7 +29,7 @@ web/demo.h: web/demo.html web/embed.sh
 
 # Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
-            tests/test_json.c tests/test_query.c
+            tests/test_json.c tests/test_query.c tests/test_stream.c
 tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h web/demo.h
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
 	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)

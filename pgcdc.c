@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -691,6 +692,7 @@ typedef struct server {
     int rbackoff;           /* seconds */
     int repl_ever;
     char server_version[32];
+    char stream[17];          /* /health "stream"; empty until identified */
     uint64_t slot_confirmed;  /* the slot's confirmed_flush_lsn when found */
     int slot_found;
     uint64_t cur_commit;      /* commit LSN of the open transaction */
@@ -2780,6 +2782,157 @@ static void cat_event(void)
 
 /* ==== Replication ======================================================= */
 
+/* ---- the stream's identity (docs/protocol.md, /health "stream") ---- */
+
+/* wal2json's boolean options and their defaults: a value equal to the
+ * default is the same stream as leaving the option out. */
+static const struct {
+    const char *name;
+    char dflt;
+} w2j_bools[] = {
+    { "include-xids", 0 }, { "include-timestamp", 0 }, { "include-schemas", 1 },
+    { "include-types", 1 }, { "include-typmod", 1 }, { "include-type-oids", 0 },
+    { "include-domain-data-type", 0 }, { "include-column-positions", 0 },
+    { "include-origin", 0 }, { "include-not-null", 0 }, { "include-default", 0 },
+    { "include-pk", 0 }, { "numeric-data-types-as-string", 0 }, { "pretty-print", 0 },
+    { "write-in-chunks", 0 }, { "include-lsn", 0 }, { "include-transaction", 1 },
+};
+
+/* PostgreSQL's spellings of a boolean (its parse_bool: a case-insensitive
+ * prefix of true/false/yes/no, on, of(f), 1, 0): 1, 0, or -1. */
+static int pg_bool(const char *s, size_t n)
+{
+    static const struct { const char *word; size_t min; int v; } w[] = {
+        { "true", 1, 1 }, { "false", 1, 0 }, { "yes", 1, 1 }, { "no", 1, 0 },
+        { "on", 2, 1 }, { "off", 2, 0 }, { "1", 1, 1 }, { "0", 1, 0 },
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        size_t wn = strlen(w[i].word);
+        if (n >= w[i].min && n <= wn && !strncasecmp(s, w[i].word, n))
+            return w[i].v;
+    }
+    return -1;
+}
+
+static int slice_cmp(const void *a, const void *b)
+{
+    const slice *x = a, *y = b;
+    int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* Splits s at its commas (not at "\," when escapes) into trimmed slices;
+ * out has room for one more than the commas in s.  Returns the count. */
+static size_t split_commas(const char *s, int escapes, slice *out)
+{
+    size_t k = 0;
+    for (;;) {
+        size_t i = 0;
+        while (s[i] && s[i] != ',') {
+            if (escapes && s[i] == '\\' && s[i + 1])
+                i++;
+            i++;
+        }
+        size_t n = i;
+        const char *t = trim(s, &n);
+        out[k].p = t;
+        out[k++].n = n;
+        if (!s[i])
+            return k;
+        s += i + 1;
+    }
+}
+
+void stream_id(const char *sysid, const char *dbname, const char *tables,
+               const char *options, char out[17])
+{
+    sbuf b = { 0 };
+    size_t cap = 2;
+    for (const char *p = tables ? tables : ""; *p; p++)
+        cap += *p == ',';
+    for (const char *p = options ? options : ""; *p; p++)
+        cap += *p == ',';
+    slice *v = xmalloc(cap * sizeof *v);
+
+    sb_printf(&b, "pgcdc stream 1\n%zu:%s\n%zu:%s\n", strlen(sysid), sysid, strlen(dbname), dbname);
+
+    /* tables: a set (order and repeats do not matter to wal2json), and
+     * "*.*" is the same as no list at all */
+    size_t n = split_commas(tables ? tables : "*.*", 1, v);
+    qsort(v, n, sizeof *v, slice_cmp);
+    for (size_t i = 0; i < n; i++)
+        if (v[i].n == 3 && !memcmp(v[i].p, "*.*", 3)) {
+            v[0] = v[i];
+            n = 1;
+        }
+    for (size_t i = 0; i < n; i++)
+        if (v[i].n && (i == 0 || slice_cmp(&v[i], &v[i - 1])))
+            sb_printf(&b, "t%zu:%.*s\n", v[i].n, (int)v[i].n, v[i].p);
+
+    /* options: the last of a name wins, as in wal2json; booleans in one
+     * spelling, defaults left out, sorted by name */
+    n = options && *options ? split_commas(options, 0, v) : 0;
+    slice *o = xmalloc(cap * 2 * sizeof *o);
+    size_t no = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *eq = memchr(v[i].p, '=', v[i].n);
+        if (!eq)
+            continue;
+        size_t nn = (size_t)(eq - v[i].p), vn = v[i].n - nn - 1;
+        const char *name = trim(v[i].p, &nn), *val = trim(eq + 1, &vn);
+        int later = 0;
+        for (size_t j = i + 1; j < n && !later; j++) {
+            size_t jn = v[j].n;
+            const char *jeq = memchr(v[j].p, '=', jn);
+            jn = jeq ? (size_t)(jeq - v[j].p) : 0;
+            const char *jname = trim(v[j].p, &jn);
+            later = jeq && jn == nn && !memcmp(jname, name, nn);
+        }
+        if (later)
+            continue;
+        for (size_t j = 0; j < sizeof w2j_bools / sizeof w2j_bools[0]; j++) {
+            int bv = pg_bool(val, vn);
+            if (strlen(w2j_bools[j].name) == nn && !memcmp(w2j_bools[j].name, name, nn) && bv >= 0) {
+                if (bv == w2j_bools[j].dflt)
+                    name = NULL;
+                val = bv ? "1" : "0";
+                vn = 1;
+                break;
+            }
+        }
+        if (!name)
+            continue;
+        o[no].p = name;
+        o[no++].n = nn;
+        o[no].p = val;
+        o[no++].n = vn;
+    }
+    /* sort the (name, value) pairs by name: names are unique now */
+    for (size_t i = 2; i < no; i += 2)
+        for (size_t j = i; j >= 2 && slice_cmp(&o[j - 2], &o[j]) > 0; j -= 2) {
+            slice t0 = o[j - 2], t1 = o[j - 1];
+            o[j - 2] = o[j];
+            o[j - 1] = o[j + 1];
+            o[j] = t0;
+            o[j + 1] = t1;
+        }
+    for (size_t i = 0; i < no; i += 2)
+        sb_printf(&b, "o%zu:%.*s=%zu:%.*s\n", o[i].n, (int)o[i].n, o[i].p, o[i + 1].n,
+                  (int)o[i + 1].n, o[i + 1].p);
+
+    uint8_t h[20];
+    sha1(b.p, b.n, h);
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = "0123456789abcdef"[h[i] >> 4];
+        out[2 * i + 1] = "0123456789abcdef"[h[i] & 15];
+    }
+    out[16] = 0;
+    free(o);
+    free(v);
+    free(b.p);
+}
+
+
 static const char *rstate_name(void)
 {
     if (S.rstate == R_STREAMING)
@@ -2980,6 +3133,8 @@ static int repl_result(PGresult *res)
             repl_teardown();
             return -1;
         }
+        stream_id(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 3), S.cfg.tables, S.cfg.wal2json_options,
+                  S.stream);
         return 0;
     case R_SET:
         if (st != PGRES_COMMAND_OK) {
@@ -3415,10 +3570,11 @@ static void repl_tick(void)
 static void health_body(sbuf *b)
 {
     sb_printf(b, "{\"status\":\"%s\",\"replication\":\"%s\",\"clients\":%u,\"lsn\":\"%X/%X\","
-              "\"confirmed_lsn\":\"%X/%X\",\"slot\":\"%s\",\"version\":\"%s\"}\n",
+              "\"confirmed_lsn\":\"%X/%X\",\"slot\":\"%s\",\"version\":\"%s\",\"stream\":%s%s%s}\n",
               S.rstate == R_STREAMING ? "ok" : "degraded", rstate_name(), S.nclients,
               (unsigned)(S.processed >> 32), (unsigned)S.processed,
-              (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed, S.cfg.slot, PGCDC_VERSION);
+              (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed, S.cfg.slot, PGCDC_VERSION,
+              S.stream[0] ? "\"" : "", S.stream[0] ? S.stream : "null", S.stream[0] ? "\"" : "");
 }
 
 static void metric(sbuf *b, const char *name, const char *type, const char *help, uint64_t v)

@@ -286,5 +286,11 @@ int num_cmp(const decnum *a, const decnum *b);
 int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx);
 /* Does "schema.table" match a wal2json add-tables list? */
 int tables_allow(const char *list, const char *schema, const char *table);
+/* The stream identity of /health (docs/protocol.md, resume): 16 hex digits
+ * into out, from the database's system identifier and name and the
+ * tables and wal2json_options settings (NULL: unset), normalized so that
+ * settings with the same meaning give the same value. */
+void stream_id(const char *sysid, const char *dbname, const char *tables,
+               const char *options, char out[17]);
 
 #endif

@@ -293,6 +293,45 @@ def t_health_ok():
         assert isinstance(doc.get("lsn"), str) and LSN_RE.match(doc["lsn"]), "lsn %r" % doc.get("lsn")
 
 
+def stream_of(sysid, db, tables, opts):
+    """The stream value docs/protocol.md defines, computed here apart from
+    pgcdc: SHA-1 of the canonical text, first 8 bytes in hex."""
+    import hashlib
+    text = "pgcdc stream 1\n%d:%s\n%d:%s\n" % (len(sysid), sysid, len(db), db)
+    for t in tables:
+        text += "t%d:%s\n" % (len(t), t)
+    for name, val in opts:
+        text += "o%d:%s=%d:%s\n" % (len(name), name, len(val), val)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def t_health_stream():
+    sysid = sql("SELECT system_identifier FROM pg_control_system()")
+    db = sql("SELECT current_database()")
+    a = Pgcdc()
+    b = Pgcdc({"postgres": {"tables": "*.*", "temporary_slot": "false",
+                            "wal2json_options": " include-timestamp = on "}})
+    c = Pgcdc({"postgres": {"wal2json_options": ""}})
+    d = Pgcdc({"postgres": {"tables": "public.x, public.a ,public.x"}})
+    try:
+        got = {}
+        for name, pc in (("a", a), ("b", b), ("c", c), ("d", d)):
+            pc.start()
+            got[name] = health(pc.port)[2].get("stream")
+        want = stream_of(sysid, db, ["*.*"], [("include-timestamp", "1")])
+        assert got["a"] == want, "default settings: stream %r, expected %r (system %s, database %s)" % (
+            got["a"], want, sysid, db)
+        assert got["b"] == got["a"], "the same stream spelled differently: %r vs %r" % (got["b"], got["a"])
+        assert got["c"] == stream_of(sysid, db, ["*.*"], []), "no options: %r" % got["c"]
+        assert got["d"] == stream_of(sysid, db, ["public.a", "public.x"], [("include-timestamp", "1")]), \
+            "tables public.x, public.a: %r" % got["d"]
+        assert len({got["a"], got["c"], got["d"]}) == 3, "different streams share a value: %r" % got
+    finally:
+        for pc in (a, b, c, d):
+            pc.stop()
+        sql("SELECT pg_drop_replication_slot('%s')" % b.slot, check=False)
+
+
 async def t_health_clients():
     make_table("ops_hc")
     with Pgcdc() as pc:
@@ -833,6 +872,8 @@ def t_exit_listen_in_use():
 
 TESTS = [
     ("ops: /health 200 json, streaming, clients 0, lsn X/X", t_health_ok),
+    ("ops: /health stream: equal for the same database and settings however spelled, else different",
+     t_health_stream),
     ("ops: /health and pgcdc_clients count connected WebSocket clients", t_health_clients),
     ("ops: /health lsn advances after inserts", t_health_lsn_advances),
     ("ops: /health 503 degraded while the database is unreachable, /ping 200", t_health_degraded),

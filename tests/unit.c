@@ -15,6 +15,7 @@ void test_base64(void);
 void test_ws(void);
 void test_json(void);
 void test_query(void);
+void test_stream(void);
 
 int main(void)
 {
@@ -23,6 +24,7 @@ int main(void)
     test_ws();
     test_json();
     test_query();
+    test_stream();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }
