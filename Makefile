@@ -48,7 +48,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: pgcdc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc $(DESTDIR)$(UNITDIR)
 	install -m 755 pgcdc $(DESTDIR)$(PREFIX)/bin/pgcdc
-	install -m 644 pgcdc.example.config README.md dist/nginx.conf dist/Caddyfile \
+	install -m 644 pgcdc.example.config README.md docs/protocol.md dist/nginx.conf dist/Caddyfile \
 	    dist/haproxy.cfg $(DESTDIR)$(PREFIX)/share/doc/pgcdc/
 	sed -e 's|^ExecStart=/usr/local/|ExecStart=$(PREFIX)/|' \
 	    -e 's|^Documentation=file:/usr/local/|Documentation=file:$(PREFIX)/|' \

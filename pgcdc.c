@@ -11,8 +11,8 @@
  *
  * Sections: logging and utilities, configuration, frames and history,
  * subscriptions, clients, HTTP, catalog look-ups, replication, metrics,
- * the event loop.  The external contract is SPEC.md; the choices it leaves
- * open are written in README.md.
+ * the event loop.  The external contract is docs/protocol.md; README.md is
+ * the user's guide.
  */
 #include "pgcdc.h"
 
@@ -2369,7 +2369,7 @@ static void handle_ws_request(client *c, http_req *r)
     lookup_start(c, sp);
 }
 
-/* Signed grants (SPEC section 11): 0 accepted, else the response is sent. */
+/* Signed grants (docs/protocol.md, Grants): 0 accepted, else the response is sent. */
 static int grant_check(client *c, const spec *sp)
 {
     const char *g = c->pend->prm.grant;

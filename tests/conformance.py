@@ -1,6 +1,6 @@
 """conformance.py -- WebSocket and HTTP protocol conformance of pgcdc.
 
-Checks SPEC sections 4 (HTTP) and 7 (WebSocket, RFC 6455) case by case with
+Checks docs/protocol.md's HTTP and WebSocket sections (RFC 6455) case by case with
 a raw client (wsraw.py) that can send any bytes, in the manner of the
 Autobahn test suite's case families that apply to a server which only
 receives control frames: handshake, framing, ping/pong, reserved bits and
@@ -1001,7 +1001,8 @@ def rss_kib(pid):
 
 def robust_ping_flood_unread():
     """A client that floods pings and never reads: the server's memory stays
-    bounded (SPEC 9: max_queue per client plus a constant), whether it stops
+    bounded (docs/protocol.md, Replication: max_queue per client plus a
+    constant), whether it stops
     reading or drops the client."""
     pid = T.pid
     if not pid:

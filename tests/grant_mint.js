@@ -1,4 +1,4 @@
-// grant_mint.js -- mints a pgcdc grant (SPEC section 11) with Node's crypto.
+// grant_mint.js -- mints a pgcdc grant (docs/protocol.md, Grants) with Node's crypto.
 // usage: node grant_mint.js SECRET QUERY [FILTER...]   (valid for GRANT_TTL s, default 3600)
 import { createHmac } from "node:crypto";
 

@@ -1,4 +1,4 @@
-"""grant_mint.py -- mints a pgcdc grant (SPEC section 11), standard library only.
+"""grant_mint.py -- mints a pgcdc grant (docs/protocol.md, Grants), standard library only.
 
 usage: python3 grant_mint.py SECRET QUERY [FILTER...]   (valid for GRANT_TTL s, default 3600)
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# grant_mint.sh -- mints a pgcdc grant (SPEC section 11) with openssl.
+# grant_mint.sh -- mints a pgcdc grant (docs/protocol.md, Grants) with openssl.
 # usage: grant_mint.sh SECRET QUERY [FILTER...]   (valid for GRANT_TTL s, default 3600)
 set -eu
 secret=$1; shift

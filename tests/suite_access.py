@@ -1,5 +1,5 @@
 """suite_access.py -- access control: token, allowed_origins, check order,
-and where pgcdc listens (SPEC sections 3 and 4)."""
+and where pgcdc listens (docs/protocol.md, Configuration and HTTP)."""
 import asyncio
 import os
 import socket
@@ -131,7 +131,7 @@ def t_listen_dual_stack():
 TESTS = [
     ("access: token via Authorization: Bearer or ?token=, else 401", t_token),
     ("access: allowed_origins exact match, no Origin allowed, else 403", t_origins),
-    ("access: checks answer in the order SPEC section 4 gives", t_check_order),
+    ("access: checks answer in the order docs/protocol.md gives", t_check_order),
     ("access: listen = :port serves IPv4 and IPv6", t_listen_dual_stack),
 ]
 

@@ -1,4 +1,4 @@
-"""suite_grants.py -- end-to-end tests of signed grants (SPEC section 11).
+"""suite_grants.py -- end-to-end tests of signed grants (docs/protocol.md, Grants).
 
 Grants are minted here with Python's hmac and by the three minting snippets
 the README shows (tests/grant_mint.sh, .py, .js, run as programs); pgcdc

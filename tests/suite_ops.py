@@ -1,7 +1,7 @@
 """suite_ops.py -- end-to-end tests of pgcdc's operational surface.
 
-SPEC section 2 (command line, exit status, logging), section 4 (/health,
-/ping, HEAD) and section 8 (/metrics).  Every test compares what pgcdc
+docs/protocol.md's Command line (exit status, logging), HTTP (/health,
+/ping, HEAD) and Metrics sections.  Every test compares what pgcdc
 reports with what actually happened: the clients really connected, the
 rows really inserted, the frames and bytes the clients really received,
 the clients really dropped (unmasked frame, no pongs, not reading), the

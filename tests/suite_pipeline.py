@@ -4,7 +4,7 @@ Drives a real pgcdc against the throwaway PostgreSQL test.sh started, with
 real WebSocket clients, and asserts what the clients received: frames equal
 to wal2json's own output with "pos" first, every filter operator, types and
 table names, update/delete under both replica identities, the HTTP refusals
-of SPEC sections 4 and 5, ordering across many transactions, one huge
+of docs/protocol.md (HTTP, Subscriptions), ordering across many transactions, one huge
 transaction, graceful shutdown and the command line.
 
 Each test uses its own table, so tests are independent; groups of tests

@@ -5,7 +5,8 @@ killed and restarted on a persistent slot, temporary slots cleaned up, the
 slot's confirmed position keeping up with idle and filtered-out traffic, a
 million-row transaction in bounded memory, unchanged TOAST columns, odd
 names, session settings pinned against odd database defaults, and the one
-clear log line of each misconfiguration (SPEC sections 3, 6, 9, 10).
+clear log line of each misconfiguration (docs/protocol.md: Configuration,
+Messages, Replication, Resume).
 
 Every test asserts what the WebSocket clients received.  The suite never
 uses the cluster test.sh started: it stops and reconfigures PostgreSQL, so

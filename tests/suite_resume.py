@@ -1,4 +1,4 @@
-"""suite_resume.py -- end-to-end tests of resuming with since= (SPEC section 10).
+"""suite_resume.py -- end-to-end tests of resuming with since= (docs/protocol.md, Resume).
 
 A writer inserts numbered rows continuously (one row per transaction, and
 now and then a few rows in one transaction) while clients read part of the

@@ -1,5 +1,5 @@
-/* test_query.c -- unit tests of the subscription layer of pgcdc.c (SPEC
- * section 5): query-string parameters, subscription specs and their
+/* test_query.c -- unit tests of the subscription layer of pgcdc.c
+ * (docs/protocol.md, Subscriptions): query-string parameters, subscription specs and their
  * canonical keys, decimal number comparison, matching specs against real
  * wal2json records, change positions and the tables allow-list.
  *
