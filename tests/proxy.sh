@@ -287,6 +287,7 @@ run_haproxy() {
     hport=$(free_port)
     mkdir -p "$dir"
     sed -e "s|server pgcdc1 127.0.0.1:8080|server pgcdc1 127.0.0.1:$PPORT|" \
+        -e '/server pgcdc[23] /d' \
         -e "s|bind :443 |bind 127.0.0.1:$port |" \
         -e "s|bind :80$|bind 127.0.0.1:$hport|" \
         -e '/bind :::/d' \
