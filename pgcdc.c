@@ -52,13 +52,40 @@
 enum { L_ERROR, L_WARN, L_INFO, L_DEBUG };
 static int log_level = L_INFO;
 
+/* Copies s into out (NUL-terminated, truncated to fit) with every byte
+ * below 0x20 and 0x7f written as \n, \r, \t or \xNN, so no value a client
+ * or the database sent can break a log line or reach a terminal as an escape
+ * sequence.  Every log line passes through here, whatever its source. */
+static void log_escape(const char *s, size_t n, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != 0x7f) {
+            out[o++] = (char)ch;
+            continue;
+        }
+        out[o++] = '\\';
+        if (ch == '\n') out[o++] = 'n';
+        else if (ch == '\r') out[o++] = 'r';
+        else if (ch == '\t') out[o++] = 't';
+        else {
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    out[o] = 0;
+}
+
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
 static void logf_(int level, const char *fmt, ...)
 {
     static const char *names[] = { "error", "warn", "info", "debug" };
-    char line[1024];
+    char line[1024], out[4096];
     struct timespec ts;
     struct tm tm;
     va_list ap;
@@ -74,11 +101,12 @@ static void logf_(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
     va_end(ap);
-    /* one event, one line: fold any newline a server message carried */
-    for (char *p = line + n; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
-    fprintf(stderr, "%s\n", line);
+    /* libpq's messages end with a newline: drop trailing blanks */
+    size_t len = strlen(line);
+    while (len > (size_t)n && (line[len - 1] == '\n' || line[len - 1] == ' '))
+        len--;
+    log_escape(line, len, out, sizeof out);
+    fprintf(stderr, "%s\n", out);
 }
 #define log_error(...) logf_(L_ERROR, __VA_ARGS__)
 #define log_warn(...) logf_(L_WARN, __VA_ARGS__)
@@ -415,6 +443,59 @@ static int check_tables(const char *v, char *err, size_t errlen)
     }
 }
 
+#define SECRET_MIN 16   /* bytes of token and grant_secret */
+
+/* Copies a libpq message with the text between double quotes replaced by
+ * "..." (one punctuation character, as in missing "=", is kept): libpq quotes the pieces of the connection string it complains
+ * about, and those may be a password. */
+static void redact_quoted(const char *m, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (*m && o + 6 < cap) {
+        if (*m == '"' && m[1] && ispunct((unsigned char)m[1]) && m[2] == '"') {
+            memcpy(out + o, m, 3);
+            o += 3;
+            m += 3;
+            continue;
+        }
+        if (*m == '"') {
+            const char *q = strchr(m + 1, '"');
+            memcpy(out + o, "\"...\"", 5);
+            o += 5;
+            m = q ? q + 1 : m + strlen(m);
+            continue;
+        }
+        out[o++] = *m++;
+    }
+    while (o && (out[o - 1] == '\n' || out[o - 1] == ' '))
+        o--;
+    out[o] = 0;
+}
+
+/* conninfo must be what libpq can parse: key = value pairs or a URI (a
+ * bare word is a database name, as libpq takes it).  The error never holds
+ * the value, which may carry a password. */
+static int check_conninfo(const char *v, char *err, size_t errlen)
+{
+    char *perr = NULL, msg[256];
+    if (!*v) {
+        snprintf(err, errlen, "must not be empty");
+        return -1;
+    }
+    if (!strchr(v, '=') && strncmp(v, "postgresql://", 13) && strncmp(v, "postgres://", 11))
+        return 0;
+    PQconninfoOption *o = PQconninfoParse(v, &perr);
+    if (o) {
+        PQconninfoFree(o);
+        return 0;
+    }
+    redact_quoted(perr ? perr : "out of memory", msg, sizeof msg);
+    PQfreemem(perr);
+    snprintf(err, errlen, "not a valid libpq connection string or URI (%s; the value is not shown "
+             "since it may hold a password)", msg);
+    return -1;
+}
+
 static int check_value(const keydef *k, const char *v, config *c, char *err, size_t errlen)
 {
     void *field = (char *)c + k->off;
@@ -456,10 +537,15 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
     } else if (!strcmp(k->name, "wal2json_options")) {
         if (check_w2j_options(v, err, errlen))
             return -1;
-    } else if (!strcmp(k->name, "conninfo") || !strcmp(k->name, "token") ||
-               !strcmp(k->name, "grant_secret")) {
-        if (!*v) {
-            snprintf(err, errlen, "must not be empty");
+    } else if (!strcmp(k->name, "conninfo")) {
+        if (check_conninfo(v, err, errlen))
+            return -1;
+    } else if (!strcmp(k->name, "token") || !strcmp(k->name, "grant_secret")) {
+        /* a grant pairs a known payload with its MAC: a short secret can be
+         * found offline by trying them all */
+        if (strlen(v) < SECRET_MIN) {
+            snprintf(err, errlen, "must be at least %d bytes (it has %zu); use a long random value, "
+                     "e.g. from openssl rand -hex 32", SECRET_MIN, strlen(v));
             return -1;
         }
     }
@@ -2197,12 +2283,13 @@ static void http_error(client *c, int st, const char *extra, const char *fmt, ..
         n = 0;
     if ((size_t)n > sizeof msg - 2)
         n = (int)sizeof msg - 2;
+    /* the log escapes control bytes itself, so it sees them as sent */
+    log_info("client %llu %s: refused with %d: %.*s", (unsigned long long)c->id, c->addr, st, n, msg);
     /* one line: never let a reflected value break the body into more */
     for (int i = 0; i < n; i++)
-        if (msg[i] == '\r' || msg[i] == '\n' || (unsigned char)msg[i] < 0x20)
+        if ((unsigned char)msg[i] < 0x20 || msg[i] == 0x7f)
             msg[i] = ' ';
     msg[n++] = '\n';
-    log_info("client %llu %s: refused with %d: %.*s", (unsigned long long)c->id, c->addr, st, n - 1, msg);
     http_respond(c, st, extra, "text/plain; charset=utf-8", msg, (size_t)n);
 }
 
@@ -2706,7 +2793,9 @@ static void cat_tick(void)
         const char *vals[] = { S.cfg.conninfo, "pgcdc", NULL };
         S.cat = PQconnectStartParams(keys, vals, 1);
         if (!S.cat || PQstatus(S.cat) == CONNECTION_BAD) {
-            cat_down(S.cat ? PQerrorMessage(S.cat) : "out of memory");
+            char m[256];
+            redact_quoted(S.cat ? PQerrorMessage(S.cat) : "out of memory", m, sizeof m);
+            cat_down(m);
             return;
         }
         PQsetnonblocking(S.cat, 1);
@@ -3059,8 +3148,12 @@ static void repl_connect(void)
         exit(2);
     }
     if (PQstatus(S.repl) == CONNECTION_BAD) {
+        /* libpq refused the options themselves: its text may quote them */
+        char m[256];
+        redact_quoted(PQerrorMessage(S.repl), m, sizeof m);
+        log_error("replication: cannot use conninfo: %s; retrying in %d s", m, S.rbackoff);
         S.rstate = R_CONNECTING;
-        repl_fail("connect", NULL);
+        repl_teardown();
         return;
     }
     PQsetnonblocking(S.repl, 1);

@@ -11,8 +11,8 @@ import websockets  # noqa: E402
 from harness import Pgcdc, collect, http_get, raw_http, run_selected, sql  # noqa: E402
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-TOKEN = "s3cret a&b"           # a space and an & need percent-encoding
-TOKEN_Q = "s3cret%20a%26b"
+TOKEN = "s3cret a&b, 16 bytes+"   # a space and an & need percent-encoding
+TOKEN_Q = "s3cret%20a%26b%2C%2016%20bytes%2B"
 
 
 def upgrade(port, path, headers=()):
@@ -48,7 +48,7 @@ def t_token():
         head = expect(p.port, "/ws?query=*:acc_t", 401, body_has="token")
         assert "WWW-Authenticate: Bearer" in head, head
         expect(p.port, "/ws?query=*:acc_t", 401, ["Authorization: Bearer wrong"], "invalid")
-        expect(p.port, "/ws?query=*:acc_t", 401, ["Authorization: Bearer s3cret a&"], "invalid")
+        expect(p.port, "/ws?query=*:acc_t", 401, ["Authorization: Bearer " + TOKEN[:-1]], "invalid")
         expect(p.port, "/ws?query=*:acc_t", 401, ["Authorization: Bearer " + TOKEN + "x"], "invalid")
         expect(p.port, "/ws?query=*:acc_t&token=wrong", 401, body_has="invalid")
         expect(p.port, "/ws?query=*:acc_t&token=s3cret%20a&b", 401)   # & not encoded: "s3cret a"
@@ -80,7 +80,7 @@ def t_origins():
         expect(p.port, "/ws?query=*:acc_o", 403, ["Origin: https://app.example.com/"], "origin")
         expect(p.port, "/ws?query=*:acc_o", 403, ["Origin: http://app.example.com"], "origin")
         expect(p.port, "/ws?query=*:acc_o", 403, ["Origin: null"], "origin")
-    with Pgcdc() as p:   # default *
+    with Pgcdc({"server": {"allowed_origins": "*"}}) as p:
         expect(p.port, "/ws?query=*:acc_o", 101, ["Origin: https://anything.example"])
 
 
@@ -88,7 +88,7 @@ def t_check_order():
     """path 404, method 405, upgrade 426, token 401, Origin 403, query 400,
     tables 403, table existence 400: the first failure answers."""
     setup_table("acc_ord")
-    cfg = {"server": {"token": "tok", "allowed_origins": "https://ok.example"},
+    cfg = {"server": {"token": "tok-of-16-bytes-or-more", "allowed_origins": "https://ok.example"},
            "postgres": {"tables": "public.acc_ord"}}
     bad_origin = "Origin: https://bad.example"
     with Pgcdc(cfg) as p:
@@ -99,13 +99,13 @@ def t_check_order():
         data = raw_http(p.port, b"GET /ws?query=bad HTTP/1.1\r\nHost: x\r\n" + bad_origin.encode() + b"\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 426"), data[:40]
         expect(p.port, "/ws?query=bad", 401, [bad_origin])
-        expect(p.port, "/ws?query=bad", 403, [bad_origin, "Authorization: Bearer tok"], "origin")
-        ok = ["Origin: https://ok.example", "Authorization: Bearer tok"]
+        expect(p.port, "/ws?query=bad", 403, [bad_origin, "Authorization: Bearer tok-of-16-bytes-or-more"], "origin")
+        ok = ["Origin: https://ok.example", "Authorization: Bearer tok-of-16-bytes-or-more"]
         expect(p.port, "/ws?query=bad", 400, ok)
         expect(p.port, "/ws?query=*:other_table", 403, ok)          # not allowed, existing or not
         sql("DROP TABLE IF EXISTS acc_missing")
-        with Pgcdc({"server": {"token": "tok"}}) as p2:
-            expect(p2.port, "/ws?query=*:acc_missing", 400, ["Authorization: Bearer tok"], "exist")
+        with Pgcdc({"server": {"token": "tok-of-16-bytes-or-more"}}) as p2:
+            expect(p2.port, "/ws?query=*:acc_missing", 400, ["Authorization: Bearer tok-of-16-bytes-or-more"], "exist")
         expect(p.port, "/ws?query=*:acc_ord", 101, ok)
 
 
