@@ -20,7 +20,7 @@
  * input is reported as partial since more digits may follow.
  *
  * w2j_parse() reads the members pgcdc needs from one record; see pgcdc.h.
- * A recognised member ("action", "lsn", "nextlsn", "schema", "table",
+ * A recognised member ("action", "xid", "lsn", "nextlsn", "schema", "table",
  * "columns", "identity", and a column's "name", "type", "value") given twice
  * makes the record invalid: clients parse the forwarded bytes themselves and
  * must not be able to see a different value than the filter did.
@@ -584,11 +584,11 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
 
     /* Token index of each recognised member's value, 0 when absent. */
     enum { F_ACTION, F_LSN, F_NEXTLSN, F_SCHEMA, F_TABLE, F_COLUMNS,
-           F_IDENTITY, F_COUNT };
+           F_IDENTITY, F_XID, F_COUNT };
     static const char *const names[F_COUNT] = {
-        "action", "lsn", "nextlsn", "schema", "table", "columns", "identity"
+        "action", "lsn", "nextlsn", "schema", "table", "columns", "identity", "xid"
     };
-    static const unsigned char lens[F_COUNT] = { 6, 3, 7, 6, 5, 7, 8 };
+    static const unsigned char lens[F_COUNT] = { 6, 3, 7, 6, 5, 7, 8, 3 };
     int at[F_COUNT] = { 0 };
     int k = 1;
     for (uint32_t m = 0; m < toks[0].size; m++) {
@@ -617,6 +617,21 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
     }
     if (a && strchr("IUDT", a) && (!at[F_SCHEMA] || !at[F_TABLE]))
         return JSON_INVALID;
+    if (at[F_XID]) {   /* a transaction id: 32-bit unsigned decimal */
+        const json_tok *t = &toks[at[F_XID]];
+        uint64_t v = 0;
+        if (t->type != JSON_NUMBER || t->end - t->start > 10)
+            return JSON_INVALID;
+        for (uint32_t i = t->start; i < t->end; i++) {
+            if (buf[i] < '0' || buf[i] > '9')
+                return JSON_INVALID;
+            v = v * 10 + (uint64_t)(buf[i] - '0');
+        }
+        if (v > UINT32_MAX)
+            return JSON_INVALID;
+        r->xid = (uint32_t)v;
+        r->has_xid = 1;
+    }
 
     int rc;
     if (at[F_COLUMNS] &&

@@ -373,8 +373,9 @@ static int parse_listen(const char *v, char *host, size_t hcap, char *port, size
 }
 
 static const char *reserved_w2j[] = {
-    "format-version", "include-lsn", "include-transaction", "add-tables"
+    "format-version", "include-lsn", "include-transaction", "include-xids", "add-tables"
 };
+#define NRESERVED_W2J (sizeof reserved_w2j / sizeof reserved_w2j[0])
 
 /* Checks wal2json_options: name=value pairs, none of the reserved names. */
 static int check_w2j_options(const char *v, char *err, size_t errlen)
@@ -393,7 +394,7 @@ static int check_w2j_options(const char *v, char *err, size_t errlen)
         }
         size_t nn = (size_t)(eq - item);
         const char *name = trim(item, &nn);
-        for (size_t i = 0; i < 4; i++)
+        for (size_t i = 0; i < NRESERVED_W2J; i++)
             if (ieq(name, nn, reserved_w2j[i])) {
                 snprintf(err, errlen, "\"%s\" is set by pgcdc itself and cannot be given", reserved_w2j[i]);
                 return -1;
@@ -661,6 +662,7 @@ struct frame {
     size_t len;          /* bytes in data */
     uint64_t lsn;        /* position: commit LSN ... */
     uint32_t idx;        /* ... and index inside the transaction */
+    uint32_t xid;        /* the transaction's id (from its B record) */
     uint64_t seq;        /* history sequence number */
     table *tab;
     uint8_t data[];
@@ -783,6 +785,7 @@ typedef struct server {
     int slot_found;
     uint64_t cur_commit;      /* commit LSN of the open transaction */
     uint32_t cur_n;
+    uint32_t cur_xid;         /* xid of the open transaction */
     int in_txn;
     uint64_t done_commit;     /* newest transaction handed out entirely */
     uint64_t wal_end;         /* server's WAL end from the stream */
@@ -3184,7 +3187,7 @@ static void start_replication(void)
 {
     sbuf b = { 0 };
     sb_printf(&b, "START_REPLICATION SLOT \"%s\" LOGICAL 0/0 (\"format-version\" '2', "
-              "\"include-lsn\" '1', \"include-transaction\" '1'", S.cfg.slot);
+              "\"include-lsn\" '1', \"include-transaction\" '1', \"include-xids\" '1'", S.cfg.slot);
     if (S.cfg.tables) {
         sb_add(&b, ", \"add-tables\" ", 15);
         sb_quote(&b, S.cfg.tables, strlen(S.cfg.tables));
@@ -3455,6 +3458,7 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
     f->tab = t;
     f->lsn = S.cur_commit;
     f->idx = idx;
+    f->xid = S.cur_xid;
     hist_push(f);
     if (t) {
         for (group *g = t->groups, *gnext; g; g = gnext) {
@@ -3512,6 +3516,7 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
             lsn = start;
         }
         S.cur_commit = lsn;
+        S.cur_xid = r.xid;
         S.cur_n = 0;
         S.in_txn = 1;
         S.last_txn_ms = S.now;

@@ -187,6 +187,8 @@ typedef struct w2j_col {
 /* A wal2json format-version 2 record, as slices of the input. */
 typedef struct w2j_record {
     char action;         /* 'B','C','I','U','D','T','M' */
+    uint8_t has_xid;     /* "xid" was present ... */
+    uint32_t xid;        /* ... the transaction id (include-xids) */
     slice lsn;           /* "lsn" (B, C: the commit LSN), may be empty */
     slice nextlsn;       /* "nextlsn" (B, C), may be empty */
     slice schema, table; /* escaped string contents (I, U, D, T) */

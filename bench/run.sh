@@ -334,7 +334,7 @@ ref_run() {
     STARTED+=("$wpid")
     "$PGBIN/pg_recvlogical" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres \
         --slot "$slot" --create-slot --start -P wal2json \
-        -o format-version=2 -o include-lsn=1 -o include-transaction=1 \
+        -o format-version=2 -o include-lsn=1 -o include-transaction=1 -o include-xids=1 \
         -o include-timestamp=1 -f - >"$fifo" 2>"$DIR/ref-$name.err" &
     local rpid=$!
     STARTED+=("$rpid")

@@ -101,7 +101,7 @@ class Peek:
         """The frames pgcdc should send for changes to schema.table so far."""
         rows = sql("SELECT data FROM pg_logical_slot_get_changes('%s', NULL, NULL, "
                    "'format-version', '2', 'include-lsn', '1', "
-                   "'include-transaction', '1', 'include-timestamp', '1')" % self.name)
+                   "'include-transaction', '1', 'include-xids', '1', 'include-timestamp', '1')" % self.name)
         out = []
         commit, n = None, 0
         for line in rows.split("\n"):
@@ -794,6 +794,12 @@ def t_config_reserved_option(_pc=None):
         2, "wal2json_options")
 
 
+def t_config_reserved_xids(_pc=None):
+    config_error(lambda good: good.replace(
+        "[postgres]\n", "[postgres]\nwal2json_options = include-timestamp=1, Include-Xids=0\n", 1),
+        2, "include-xids")
+
+
 def t_config_missing_file(_pc=None):
     p = run_pgcdc("-c", "/nonexistent/pgcdc.config", "-t")
     out = p.stdout + p.stderr
@@ -830,6 +836,8 @@ def main():
                       t_config_unknown_section),
                      ("cli: a reserved wal2json option is a configuration error",
                       t_config_reserved_option),
+                     ("cli: include-xids is pgcdc's own: naming it is a configuration error",
+                      t_config_reserved_xids),
                      ("cli: missing config file exits 1", t_config_missing_file)]:
         run_test(name, fn)
 

@@ -682,8 +682,29 @@ static void test_records(void)
             }
         }
         /* Duplicates of keys pgcdc does not read are left alone. */
-        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":1,\"xid\":2}", NTOK, 16), JSON_OK);
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"origin\":1,\"origin\":2}", NTOK, 16), JSON_OK);
         CHECK_EQ(w2j_rc("{\"action\":\"B\"", NTOK, 16), JSON_PARTIAL);
+        /* "xid" (include-xids) is read: a 32-bit unsigned decimal, once. */
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":1,\"xid\":2}", NTOK, 16), JSON_INVALID);
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":4294967296}", NTOK, 16), JSON_INVALID);
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":-1}", NTOK, 16), JSON_INVALID);
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":1.5}", NTOK, 16), JSON_INVALID);
+        CHECK_EQ(w2j_rc("{\"action\":\"B\",\"xid\":\"7\"}", NTOK, 16), JSON_INVALID);
+        {
+            static json_tok tk[16];
+            static w2j_col cl[4];
+            w2j_record xr;
+            const char *xb = "{\"action\":\"B\",\"xid\":4294967295,\"lsn\":\"0/1\"}";
+            CHECK_EQ(w2j_parse(xb, strlen(xb), tk, 16, cl, 4, &xr), JSON_OK);
+            CHECK_EQ(xr.has_xid, 1);
+            CHECK_EQ(xr.xid, 4294967295u);
+            xb = "{\"action\":\"I\",\"xid\":742,\"schema\":\"s\",\"table\":\"t\"}";
+            CHECK_EQ(w2j_parse(xb, strlen(xb), tk, 16, cl, 4, &xr), JSON_OK);
+            CHECK_EQ(xr.xid, 742);
+            xb = "{\"action\":\"C\"}";
+            CHECK_EQ(w2j_parse(xb, strlen(xb), tk, 16, cl, 4, &xr), JSON_OK);
+            CHECK_EQ(xr.has_xid, 0);
+        }
         CHECK_EQ(w2j_rc("", NTOK, 16), JSON_PARTIAL);
         CHECK_EQ(w2j_rc(real_records[2], 10, 16), JSON_NOMEM);
         CHECK_EQ(w2j_rc(real_records[2], NTOK, 9), JSON_NOMEM);
