@@ -20,17 +20,21 @@ SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-poi
 
 all: pgcdc
 
-pgcdc: $(SRCS) $(HDRS) web/demo.h
+WEB_H = web/demo.h web/pgcdc_js.h
+
+pgcdc: $(SRCS) $(HDRS) $(WEB_H)
 	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) $(LDFLAGS) $(LDLIBS)
 
-# The demo page is compiled into the binary as a C string.
+# The demo page and the browser client are compiled into the binary.
 web/demo.h: web/demo.html web/embed.sh
-	sh web/embed.sh web/demo.html > $@.tmp && mv $@.tmp $@
+	sh web/embed.sh web/demo.html demo_html > $@.tmp && mv $@.tmp $@
+web/pgcdc_js.h: web/pgcdc.js web/embed.sh
+	sh web/embed.sh web/pgcdc.js pgcdc_js > $@.tmp && mv $@.tmp $@
 
 # Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
             tests/test_json.c tests/test_query.c tests/test_stream.c
-tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h web/demo.h
+tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h $(WEB_H)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
 	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)
 
@@ -41,7 +45,7 @@ test: pgcdc
 	./test.sh
 
 clean:
-	rm -f pgcdc tests/unit web/demo.h
+	rm -f pgcdc tests/unit $(WEB_H)
 	rm -rf build
 
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -58,7 +62,7 @@ install: pgcdc
 # Fully static binary: libpq rebuilt without GSSAPI/LDAP by dist/static-libpq.sh
 # (static headers first on the include path).
 STATIC_PQ = build/libpq-static
-static: $(SRCS) $(HDRS) web/demo.h
+static: $(SRCS) $(HDRS) $(WEB_H)
 	sh dist/static-libpq.sh
 	$(CC) -I$(STATIC_PQ)/include $(ALL_CFLAGS) -static -o pgcdc $(SRCS) $(LDFLAGS) \
 	    $(STATIC_PQ)/lib/libpq.a $(STATIC_PQ)/lib/libpgcommon_shlib.a \
@@ -70,9 +74,9 @@ demo:
 
 # Fuzzers (clang, libFuzzer) for the frame decoder, the wal2json tokenizer,
 # the query parser and the HTTP request parser; FUZZ_SECONDS each.
-fuzz: web/demo.h
+fuzz: $(WEB_H)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash tests/fuzz.sh
 
 # Replays the committed corpus under ASan/UBSan without libFuzzer.
-fuzz-replay: web/demo.h
+fuzz-replay: $(WEB_H)
 	FUZZ_SECONDS=0 bash tests/fuzz.sh

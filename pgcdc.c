@@ -2130,10 +2130,11 @@ static void client_ws_input(client *c, uint8_t *buf, size_t n)
 /* ==== HTTP ============================================================== */
 
 #include "web/demo.h"
+#include "web/pgcdc_js.h"
 
 typedef struct http_req {
     slice method, target, version, path, query;
-    slice key, wsver, origin, auth, xff;
+    slice key, wsver, origin, auth, xff, inm;
     int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin;
     size_t head_len;
 } http_req;
@@ -2221,6 +2222,8 @@ static int http_parse(const char *b, size_t n, http_req *r)
             r->auth = (slice){ v, vn };
         } else if (ieq(p, nn, "x-forwarded-for")) {
             r->xff = (slice){ v, vn };
+        } else if (ieq(p, nn, "if-none-match")) {
+            r->inm = (slice){ v, vn };
         }
         p = eol + 1;
     }
@@ -2232,6 +2235,7 @@ static const char *status_text(int st)
     switch (st) {
     case 101: return "Switching Protocols";
     case 200: return "OK";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -2622,6 +2626,36 @@ static void upgrade_finish(client *c)
     c->req_len = 0;
 }
 
+/* A file compiled into the binary (the browser client): cacheable for an
+ * hour, then revalidated by its entity tag (304 while unchanged). */
+static void serve_asset(client *c, const http_req *r, int head, const void *body, size_t n,
+                        const char *etag, const char *ctype)
+{
+    size_t el = strlen(etag);
+    int fresh = 0;
+    for (const char *s = r->inm.p, *e = r->inm.p + r->inm.n; s && s + el <= e; s++)
+        if ((*s == '"' && !memcmp(s, etag, el)) || (*s == '*' && r->inm.n == 1)) {
+            fresh = 1;
+            break;
+        }
+    sbuf b = { 0 };
+    sb_printf(&b, "HTTP/1.1 %s\r\nServer: pgcdc\r\nContent-Type: %s\r\n", fresh ? "304 Not Modified" : "200 OK",
+              ctype);
+    if (!fresh)
+        sb_printf(&b, "Content-Length: %zu\r\n", n);
+    sb_printf(&b, "Cache-Control: public, max-age=3600\r\nETag: %s\r\nConnection: close\r\n\r\n", etag);
+    if (!fresh && !head)
+        sb_add(&b, body, n);
+    frame *f = frame_new(b.n);
+    memcpy(f->data, b.p, b.n);
+    free(b.p);
+    q_clear(c, 0);
+    q_push(c, f);
+    frame_unref(f);
+    c->close_after = 1;
+    set_events(c);
+}
+
 static void handle_request(client *c, http_req *r)
 {
     sbuf b = { 0 };
@@ -2634,7 +2668,8 @@ static void handle_request(client *c, http_req *r)
     int known = (r->path.n == 5 && !memcmp(r->path.p, "/ping", 5)) ||
                 (r->path.n == 7 && !memcmp(r->path.p, "/health", 7)) ||
                 (r->path.n == 8 && !memcmp(r->path.p, "/metrics", 8)) ||
-                (r->path.n == 1 && r->path.p[0] == '/' && S.cfg.demo_page);
+                (r->path.n == 1 && r->path.p[0] == '/' && S.cfg.demo_page) ||
+                (r->path.n == 9 && !memcmp(r->path.p, "/pgcdc.js", 9) && S.cfg.demo_page);
     if (!known) {
         http_error(c, 404, NULL, "not found: %.*s", (int)(r->path.n > 200 ? 200 : r->path.n), r->path.p);
         return;
@@ -2643,6 +2678,10 @@ static void handle_request(client *c, http_req *r)
     if (!head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
         http_error(c, 405, "Allow: GET, HEAD\r\n", "method %.*s not allowed: use GET",
                    (int)(r->method.n > 20 ? 20 : r->method.n), r->method.p);
+        return;
+    }
+    if (r->path.n == 9) {
+        serve_asset(c, r, head, pgcdc_js, sizeof pgcdc_js, pgcdc_js_etag, "text/javascript; charset=utf-8");
         return;
     }
     const char *ctype = "text/plain; charset=utf-8";

@@ -2,7 +2,7 @@
 // a change shows up in its table.  Driven by browser.sh through the
 // environment:
 //   DEMO_URL     page to open (a link that auto-connects: /?table=...)
-//   DEMO_SQL     optional: run with psql once the page says "open"
+//   DEMO_SQL     optional: run with psql once the page says "live"
 //   DEMO_EXPECT  text that must then appear in the rows (#rows)
 //   DEMO_SHOT    where to save a screenshot
 //   CHROMIUM     browser binary (default /usr/bin/chromium)
@@ -46,9 +46,10 @@ async function main() {
 
   step = "loading " + url;
   await page.goto(url, { timeout: 15000 });
-  step = "waiting for the page to report the state open";
-  await page.waitForSelector('#state[data-state="open"], #state[data-state="refused"]', { timeout: 15000 });
-  if (await page.getAttribute("#state", "data-state") !== "open") throw new Error("the server refused the subscription");
+  step = "waiting for the page to be subscribed";
+  await page.waitForSelector('#state[data-state="live"], #state[data-state="snapshot"], #state[data-state="closed"]',
+                             { timeout: 15000 });
+  if (await page.getAttribute("#state", "data-state") === "closed") throw new Error("the server refused the subscription");
   if (process.env.DEMO_SQL) {
     step = "running DEMO_SQL";
     psql(process.env.DEMO_SQL);
@@ -61,7 +62,7 @@ async function main() {
   const count = await page.textContent("#count");
   if (!(Number(count) >= 1)) throw new Error("#count shows " + JSON.stringify(count));
   const state = await page.getAttribute("#state", "data-state");
-  if (state !== "open") throw new Error("state is " + state + " after the change arrived");
+  if (state !== "live") throw new Error("state is " + state + " after the change arrived");
   if (shot) {
     step = "saving the screenshot";
     await page.screenshot({ path: shot, fullPage: false });

@@ -44,9 +44,9 @@ sources() {
     esac
 }
 
-# pgcdc.c embeds the demo page; make knows how to generate it.
+# pgcdc.c embeds the demo page and the browser client; make generates them.
 need_demo() {
-    [ -f "$ROOT/web/demo.h" ] || make -C "$ROOT" -s web/demo.h >"$TMP/demo.log" 2>&1
+    make -C "$ROOT" -s web/demo.h web/pgcdc_js.h >"$TMP/demo.log" 2>&1
 }
 
 # Is there a clang that can link a libFuzzer target?

@@ -80,7 +80,8 @@ cat <<MSG
 
   pgcdc is streaming a throwaway database (a new order every second).
 
-  Live viewer:   http://127.0.0.1:$PORT/?table=orders&types=insert,update,delete
+  Live viewer:   http://127.0.0.1:$PORT/   (the orders table, kept equal to the database)
+  Over SSE:      http://127.0.0.1:$PORT/?table=orders&transport=sse
   WebSocket:     ws://127.0.0.1:$PORT/ws?query=*:orders
   Paid only:     ws://127.0.0.1:$PORT/ws?query=update:orders:status.eq.paid
   Health:        http://127.0.0.1:$PORT/health     Metrics: http://127.0.0.1:$PORT/metrics
