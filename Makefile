@@ -11,9 +11,9 @@ LDLIBS = -L$(PQ_LIB) -lpq
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-UNITS = sha1.c base64.c ws.c json.c
+UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c
 SRCS = pgcdc.c $(UNITS)
-HDRS = pgcdc.h
+HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all test unit fuzz fuzz-replay clean install static demo
@@ -33,8 +33,9 @@ web/pgcdc_js.h: web/pgcdc.js web/embed.sh
 
 # Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
-            tests/test_json.c tests/test_query.c tests/test_stream.c
-tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h $(WEB_H)
+            tests/test_json.c tests/test_query.c tests/test_stream.c \
+            tests/test_sha256.c tests/test_jwt.c
+tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h tests/jwt_vectors.h $(WEB_H)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
 	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)
 

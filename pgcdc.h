@@ -1,10 +1,12 @@
 /* pgcdc.h -- shared types and the small contracts between pgcdc's units.
  *
- * Units: sha1.c (SHA-1, HMAC-SHA1), base64.c (RFC 4648 base64 and base64url),
- * ws.c (RFC 6455 handshake key, frame encoder, streaming frame decoder),
- * json.c (wal2json format-version 2 tokenizer), pgcdc.c (everything that
- * touches a file descriptor).  None of the parsers allocate or do I/O: they
- * work on (pointer, length) slices of the caller's buffers.
+ * Units: sha1.c (SHA-1, HMAC-SHA1), sha256.c (SHA-256, HMAC-SHA256),
+ * base64.c (RFC 4648 base64 and base64url), ws.c (RFC 6455 handshake key,
+ * frame encoder, streaming frame decoder), json.c (wal2json format-version 2
+ * tokenizer), jwt.c (JSON Web Tokens, RSA verification; its own header
+ * jwt.h), pgcdc.c (everything that touches a file descriptor).  None of the
+ * parsers allocate or do I/O: they work on (pointer, length) slices of the
+ * caller's buffers.
  */
 #ifndef PGCDC_H
 #define PGCDC_H
@@ -37,6 +39,24 @@ void sha1(const void *data, size_t len, uint8_t out[20]);
 /* HMAC-SHA1 (RFC 2104) of msg under key into out; any key length. */
 void hmac_sha1(const void *key, size_t klen, const void *msg, size_t mlen,
                uint8_t out[20]);
+
+/* ==== sha256.c =========================================================== */
+
+typedef struct sha256_ctx {
+    uint32_t h[8];
+    uint64_t len;       /* bytes hashed so far */
+    uint8_t buf[64];
+    size_t used;        /* bytes pending in buf */
+} sha256_ctx;
+
+void sha256_init(sha256_ctx *c);
+void sha256_update(sha256_ctx *c, const void *data, size_t len);
+void sha256_final(sha256_ctx *c, uint8_t out[32]);
+/* One-shot SHA-256 (FIPS 180-4) of data into out. */
+void sha256(const void *data, size_t len, uint8_t out[32]);
+/* HMAC-SHA256 (RFC 2104) of msg under key into out; any key length. */
+void hmac_sha256(const void *key, size_t klen, const void *msg, size_t mlen,
+                 uint8_t out[32]);
 
 /* ==== base64.c =========================================================== */
 

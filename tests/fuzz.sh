@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/fuzz.sh -- the fuzz stage of test.sh.
 #
-# For each parser target (ws, json, query, http):
+# For each parser target (ws, json, query, http, jwt, jwks):
 #   1. builds tests/fuzz/fuzz_<target>.c with clang and libFuzzer (plus ASan
 #      and UBSan) into build/fuzz/, and runs it for FUZZ_SECONDS (default 20)
 #      on a scratch copy of tests/fuzz/corpus/<target>/, so the repository
@@ -22,7 +22,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 0
 ROOT=$PWD
 SECS=${FUZZ_SECONDS:-20}
 case $SECS in ''|*[!0-9]*) SECS=20 ;; esac
-TARGETS=${FUZZ_TARGETS:-ws json query http}
+TARGETS=${FUZZ_TARGETS:-ws json query http jwt jwks}
 OUT=$ROOT/build/fuzz
 PQ_INC=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 PQ_LIB=$(pg_config --libdir 2>/dev/null || echo /usr/lib)
@@ -41,6 +41,7 @@ sources() {
         json) echo "json.c" ;;
         query) echo "-DPGCDC_NO_MAIN pgcdc.c sha1.c base64.c ws.c json.c -L$PQ_LIB -lpq" ;;
         http) echo "sha1.c base64.c ws.c json.c -L$PQ_LIB -lpq" ;;   # includes pgcdc.c
+        jwt|jwks) echo "jwt.c sha256.c base64.c json.c" ;;
     esac
 }
 

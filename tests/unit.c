@@ -16,6 +16,8 @@ void test_ws(void);
 void test_json(void);
 void test_query(void);
 void test_stream(void);
+void test_sha256(void);
+void test_jwt(void);
 
 int main(void)
 {
@@ -25,6 +27,8 @@ int main(void)
     test_json();
     test_query();
     test_stream();
+    test_sha256();
+    test_jwt();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }
