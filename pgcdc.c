@@ -781,6 +781,7 @@ typedef struct server {
     int repl_ever;
     char server_version[32];
     char stream[17];          /* /health "stream"; empty until identified */
+    int in_recovery;          /* the server is a standby */
     uint64_t slot_confirmed;  /* the slot's confirmed_flush_lsn when found */
     int slot_found;
     uint64_t cur_commit;      /* commit LSN of the open transaction */
@@ -3118,6 +3119,10 @@ static const char *explain(const char *sqlstate, const char *msg)
         return "authentication failed: check the user and password in conninfo, PGPASSWORD or ~/.pgpass";
     if (strstr(msg, "pg_hba.conf"))
         return "the server's pg_hba.conf has no entry allowing this replication connection";
+    if (S.in_recovery && (strstr(msg, "invalidated") || strstr(msg, "can no longer get changes")))
+        return "the replication slot on this standby was invalidated (the primary removed catalog rows it "
+               "needed, or lowered wal_level): give the standby a physical slot on the primary and "
+               "hot_standby_feedback = on, then drop the slot so pgcdc can create it anew";
     if (strstr(msg, "invalidated") || strstr(msg, "can no longer get changes"))
         return "the replication slot was invalidated (it exceeded max_slot_wal_keep_size); drop it with "
                "SELECT pg_drop_replication_slot('<slot>') so pgcdc can create it anew";
@@ -3205,10 +3210,11 @@ static void repl_connect(void)
 }
 
 /* Session settings that change wal2json's text, pinned so that clients
- * always see the same formats whatever the server's defaults are. */
+ * always see the same formats whatever the server's defaults are; then
+ * whether the server is a standby (decoding there needs PostgreSQL 16). */
 static const char *pin_settings =
     "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; "
-    "SET extra_float_digits = 1; SET bytea_output = 'hex'";
+    "SET extra_float_digits = 1; SET bytea_output = 'hex'; SELECT pg_catalog.pg_is_in_recovery()";
 
 /* Appends 'value' quoted for the replication grammar. */
 static void sb_quote(sbuf *b, const char *s, size_t n)
@@ -3272,6 +3278,10 @@ static int repl_result(PGresult *res)
                   S.stream);
         return 0;
     case R_SET:
+        if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1) {
+            S.in_recovery = !strcmp(PQgetvalue(res, 0, 0), "t");
+            return 0;
+        }
         if (st != PGRES_COMMAND_OK) {
             repl_fail("pinning session settings", res);
             return -1;
@@ -3341,6 +3351,18 @@ static void repl_next(void)
         repl_send("pinning session settings", pin_settings);
         break;
     case R_SET:
+        if (S.in_recovery && PQserverVersion(S.repl) < 160000) {
+            log_error("replication: the server is a standby (in recovery) running PostgreSQL %s, which cannot "
+                      "decode on a standby (PostgreSQL 16 and later can): point conninfo at the primary; "
+                      "retrying in %d s", S.server_version, S.rbackoff);
+            repl_teardown();
+            break;
+        }
+        if (S.in_recovery)
+            log_info("replication: the server is a standby (PostgreSQL %s): decoding there; the primary needs "
+                     "wal_level = logical on the primary and here, hot_standby_feedback = on with a physical slot "
+                     "keeps the slot valid, and creating a slot waits for the primary's next running-transactions "
+                     "record (SELECT pg_log_standby_snapshot() on the primary sends one)", S.server_version);
         if (S.cfg.temporary_slot) {
             S.rstate = R_CREATE;
             snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" TEMPORARY LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT",
@@ -3682,7 +3704,9 @@ static void repl_tick(void)
 {
     if (S.rstate == R_WAIT && !S.stop && S.now >= S.rwait_until)
         repl_connect();
-    if (S.rstate >= R_CONNECTING && S.rstate < R_STREAMING && S.now - S.rattempt_ms > CONNECT_TIMEOUT_MS) {
+    /* (creating a slot on a standby waits for the primary, however long) */
+    if (S.rstate >= R_CONNECTING && S.rstate < R_STREAMING && S.now - S.rattempt_ms > CONNECT_TIMEOUT_MS &&
+        !(S.in_recovery && S.rstate == R_CREATE)) {
         log_error("replication: no answer from the server within %d s while connecting; retrying in %d s",
                   CONNECT_TIMEOUT_MS / 1000, S.rbackoff);
         repl_teardown();

@@ -212,6 +212,36 @@ class Cluster:
         ports.give(self.port)
 
 
+class Standby(Cluster):
+    """A streaming physical standby of primary (pg_basebackup -R), in
+    recovery until promote()."""
+
+    def __init__(self, primary):  # noqa: D107 - Cluster's own set-up is not wanted
+        self.port = ports.take()
+        self.tmp = tempfile.mkdtemp(prefix="pgcdc-standby-")
+        os.chmod(self.tmp, 0o755)
+        self.base = os.path.join(self.tmp, "pg")
+        os.mkdir(self.base)
+        os.chmod(self.base, 0o755)
+        if os.getuid() == 0:
+            shutil.chown(self.base, "postgres", "postgres")
+        self.data = os.path.join(self.base, "data")
+        track(self)
+        p = subprocess.run(as_owner([os.path.join(PG_BIN, "pg_basebackup"), "-h", primary.base,
+                                     "-p", str(primary.port), "-U", "postgres", "-D", self.data,
+                                     "-R", "-X", "stream", "-c", "fast"]),
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError("pg_basebackup failed: %s" % p.stderr[-2000:])
+        conf = os.path.join(self.data, "postgresql.conf")
+        self._append(conf, "port = %d\nunix_socket_directories = '%s'\nhot_standby = on\n"
+                     % (self.port, self.base))
+        self.start()
+
+    def promote(self):
+        self.pg_ctl("-w", "-t", "60", "promote")
+
+
 # ---- pgcdc -------------------------------------------------------------------
 
 class Server(Pgcdc):

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from faultlib import Cluster, FastReader, Inserter, Server  # noqa: E402
+from faultlib import Cluster, FastReader, Inserter, Server, Standby  # noqa: E402
 from harness import finish, pos_key, report, ws_path  # noqa: E402
 
 RECONNECT_MAX = 2
@@ -771,6 +771,40 @@ def err_invalidated():
         lcl.close()
 
 
+async def standby_15(cl):
+    """PostgreSQL 15 cannot decode on a standby: one clear log line per
+    attempt, /health 503, the same stream identity as the primary (one
+    system identifier); once the standby is promoted, pgcdc streams from it
+    with no restart."""
+    if int(cl.sql("SHOW server_version_num")) >= 160000:
+        print("# skip: PostgreSQL 16+ decodes on a standby; this check is for 15 and older")
+        return
+    cl.sql("DROP TABLE IF EXISTS sb_t; CREATE TABLE sb_t (id int PRIMARY KEY)")
+    sb = Standby(cl)
+    prim = Server(cl, "pgcdc_sb_primary")
+    srv = Server(sb, "pgcdc_sb")
+    try:
+        assert sb.sql("SELECT pg_is_in_recovery()") == "t", "the standby is not in recovery"
+        prim.start()
+        line = await to_thread(expect_error, srv, r"is a standby \(in recovery\).*PostgreSQL 16 and later",
+                               "a PostgreSQL 15 standby")
+        print("# %s" % line.strip()[:300])
+        st, h = srv.health()
+        assert h.get("stream") and h.get("stream") == prim.health()[1].get("stream"), \
+            "stream on the standby %r, on the primary %r" % (h.get("stream"), prim.health()[1].get("stream"))
+        sb.promote()
+        await to_thread(srv.wait_health, True, 30)
+        ws = Reader(await connect(srv, "insert:sb_t"))
+        sb.sql("INSERT INTO sb_t VALUES (1)")
+        await ws.wait_id(1, 15, "the row inserted on the promoted standby")
+        await ws.close()
+    finally:
+        srv.close()
+        prim.close()
+        cl.drop_slot("pgcdc_sb_primary")
+        sb.close()
+
+
 # ---- main -------------------------------------------------------------------------
 
 def run(name, fn, *args):
@@ -816,6 +850,8 @@ def main():
         ("9", "replication error: slot in use by another process", err_slot_in_use, cl),
         ("9", "replication error: slot created with another plugin", err_other_plugin, cl),
         ("9", "replication error: slot invalidated", err_invalidated),
+        ("10", "replication: a PostgreSQL 15 standby: one clear log line, 503, the primary's stream; "
+         "streams once promoted", standby_15, cl),
     ]
     try:
         for t in tests:
