@@ -42,6 +42,7 @@ OPTIONAL=(
     "tests/browser.sh|300"
     "tests/static.sh|900"
     "tests/install.sh|120"
+    "tests/readme.py|300"
 )
 
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
@@ -210,8 +211,15 @@ stage_unit() {
 }
 
 stage_postgres() {
-    local out=$WORK/pg.log slot
-    if pg_start 2>"$out"; then
+    local out=$WORK/pg.log slot conf=$WORK/readme-postgresql.conf
+    # The cluster starts with README's postgresql.conf block as written
+    # (tests/readme.py checks that block alone as well).
+    if ! "$PYTHON" "$ROOT/tests/readme.py" --pgconf >"$conf" 2>"$out"; then
+        cat "$out"
+        not_ok "postgres: README's postgresql.conf block" "not found"
+        : >"$conf"
+    fi
+    if PG_EXTRA_CONF=$conf pg_start 2>"$out"; then
         PG_UP=1
         ok "postgres: throwaway cluster on port $PGPORT"
     else

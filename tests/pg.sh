@@ -11,6 +11,14 @@
 # pgcdc a suite starts holds one.  As root it runs as user postgres (initdb
 # and postgres refuse root); otherwise as the calling user.  Either way the
 # superuser is named postgres, so PGUSER=postgres works in both cases.
+#
+# Extra configuration (both optional):
+#   PG_EXTRA_CONF=FILE  lines written into postgresql.conf before this
+#                       script's own settings (which win where both set one);
+#                       test.sh passes README's postgresql.conf block here
+#   PG_BARE=1           only where the cluster lives (addresses, port,
+#                       socket) and fsync off: no replication settings, so
+#                       PG_EXTRA_CONF alone must make logical decoding work
 
 PG_BIN=${PG_BIN:-}
 PG_BASE=""
@@ -69,20 +77,28 @@ pg_start() {
     if "$bin/postgres" --describe-config 2>/dev/null | grep -q '^output_plugin_libraries'; then
         plugin_libs="output_plugin_libraries = 'wal2json'"
     fi
+    if [ -n "${PG_EXTRA_CONF:-}" ]; then
+        { echo "# from $PG_EXTRA_CONF"; cat "$PG_EXTRA_CONF"; echo; } \
+            >>"$PG_BASE/data/postgresql.conf" || return 1
+    fi
     cat >>"$PG_BASE/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$PG_BASE'
+fsync = off
+full_page_writes = off
+log_min_messages = warning
+EOF
+    if [ -z "${PG_BARE:-}" ]; then
+        cat >>"$PG_BASE/data/postgresql.conf" <<EOF
 wal_level = logical
 max_wal_senders = 50
 max_replication_slots = 50
 max_connections = 200
-fsync = off
 synchronous_commit = on
-full_page_writes = off
-log_min_messages = warning
 $plugin_libs
 EOF
+    fi
     if ! pg__as_owner "$bin/pg_ctl" -D "$PG_BASE/data" -l "$PG_BASE/server.log" \
             -w -t 60 start >/dev/null; then
         cat "$PG_BASE/server.log" >&2
