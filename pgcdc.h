@@ -315,4 +315,66 @@ int tables_allow(const char *list, const char *schema, const char *table);
 void stream_id(const char *sysid, const char *dbname, const char *tables,
                const char *options, char out[17]);
 
+/* ==== snapshot.c: rendering rows as wal2json does, snapshot visibility === */
+
+/* Rendering options from wal2json_options (defaults: W2J_TYPES only). */
+enum { W2J_TYPES = 1, W2J_TYPE_OIDS = 2, W2J_DOMAIN_BASE = 4, W2J_NOT_NULL = 8,
+       W2J_POSITIONS = 16, W2J_DEFAULTS = 32, W2J_NUM_AS_STRING = 64 };
+/* How wal2json writes a value of a type (by the column's own type oid, so a
+ * domain over integer is written as a string). */
+enum { VAL_TEXT, VAL_NUMBER, VAL_BOOL, VAL_BYTEA };
+
+/* One column of the table, from the catalog. */
+typedef struct snap_col {
+    const char *name;       /* attname */
+    const char *type;       /* format_type() as wal2json names it (the
+                               domain's base type under W2J_DOMAIN_BASE) */
+    uint32_t typoid;        /* atttypid */
+    int attnum;
+    int notnull;            /* attnotnull */
+    int deterministic;      /* its collation compares bytes for equality */
+    const char *defexpr;    /* pg_get_expr() of its default, NULL if none */
+} snap_col;
+
+/* The W2J_* flags that "name=value,..." wal2json options select (values as
+ * PostgreSQL's booleans; other options are ignored). */
+int w2j_render_flags(const char *options);
+/* VAL_* for a type oid. */
+int snap_value_class(uint32_t typoid);
+/* The functions below write at most cap bytes into out (which may be NULL
+ * when cap is 0) and return the length the whole output needs, as
+ * snprintf does; nothing is NUL-terminated unless said. */
+/* s[0..n) as a JSON string, quotes included, escaped as PostgreSQL's
+ * escape_json escapes it. */
+size_t pg_json_escape(char *out, size_t cap, const char *s, size_t n);
+/* A value as wal2json writes it, given PostgreSQL's text output v[0..n)
+ * (bytea in hex form) and the type's VAL_* class; isnull: SQL NULL. */
+size_t snap_render_value(char *out, size_t cap, int vclass, int flags,
+                         const char *v, size_t n, int isnull);
+/* What wal2json writes for a column before its value ({"name":...,
+ * "value":) and after it (,"optional":...}). */
+size_t snap_col_head(char *out, size_t cap, const snap_col *c, int flags);
+size_t snap_col_tail(char *out, size_t cap, const snap_col *c, int flags);
+/* A double-quoted SQL identifier. */
+size_t sql_ident(char *out, size_t cap, const char *name);
+/* The snapshot query: DECLARE <cursor> NO SCROLL CURSOR FOR SELECT <cols>
+ * FROM ONLY <table> WHERE <the filters SQL can say with pgcdc's meaning>,
+ * NUL-terminated, followed by its *nparams parameter values, each
+ * NUL-terminated; *pushed (may be NULL) counts the filters in the WHERE. */
+size_t snap_query(char *out, size_t cap, const char *cursor, const spec *sp,
+                  const snap_col *cols, unsigned ncols, int flags, unsigned *nparams,
+                  size_t *pushed);
+
+/* Parses pg_current_snapshot()'s text "xmin:xmax:xip,xip,..." (64-bit
+ * transaction ids) into *xmin, *xmax and xip[0..cap), sorted.  Returns the
+ * number of xip entries, or -1 when malformed or more than cap. */
+long pgsnap_parse(const char *s, size_t n, uint64_t *xmin, uint64_t *xmax,
+                  uint64_t *xip, size_t cap);
+/* The 64-bit transaction id whose low 32 bits are xid nearest to near (in
+ * near's epoch, the one before or the one after). */
+uint64_t xid_widen(uint32_t xid, uint64_t near);
+/* Is a committed transaction with 32-bit id xid visible to the snapshot
+ * (below xmin, or below xmax and not in xip)?  xid is widened near xmax. */
+int xid_visible(uint32_t xid, uint64_t xmin, uint64_t xmax, const uint64_t *xip, size_t nxip);
+
 #endif

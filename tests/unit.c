@@ -18,6 +18,7 @@ void test_query(void);
 void test_stream(void);
 void test_sha256(void);
 void test_jwt(void);
+void test_snapshot(void);
 
 int main(void)
 {
@@ -29,6 +30,7 @@ int main(void)
     test_stream();
     test_sha256();
     test_jwt();
+    test_snapshot();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }
