@@ -34,6 +34,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+PROTOCOL = os.path.join(ROOT, "docs", "protocol.md")
 README = os.environ.get("README_MD", os.path.join(ROOT, "README.md"))   # another copy, to check that the checks can fail
 
 
@@ -434,6 +435,103 @@ def t_example_urls(h, pc):
     print("# %d example URLs accepted" % len(urls))
 
 
+def table_rows(text, heading_re):
+    """First cells and second cells of the markdown table rows in the
+    sections whose heading matches heading_re."""
+    rows, on = [], False
+    for line in strip_fences(text).split("\n"):
+        if re.match(r"^#{1,6} ", line):
+            on = bool(re.match(heading_re, line.lstrip("#").strip()))
+            continue
+        if on and line.startswith("|") and not re.match(r"^\|[-| :]+\|$", line):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            rows.append(cells)
+    return rows
+
+
+def documented_metrics(path, heading_re):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out = {}
+    for cells in table_rows(text, heading_re):
+        m = re.match(r"^`(pgcdc_\w+)", cells[0])
+        if m and len(cells) >= 3:
+            out[m.group(1)] = cells[1]
+    return out
+
+
+def t_metrics_documented(h, pc):
+    st, body = h.http_get(pc.port, "/metrics")
+    assert st == 200, st
+    real = dict(re.findall(r"^# TYPE (\w+) (\w+)$", body, re.M))
+    assert real, "no # TYPE lines in /metrics"
+    for path, heading in ((PROTOCOL, r"^Metrics$"), (README, r"^HTTP endpoints")):
+        doc = documented_metrics(path, heading)
+        name = os.path.relpath(path, ROOT)
+        missing = sorted(set(real) - set(doc))
+        extra = sorted(set(doc) - set(real)) if DOCS_TO_CODE else []
+        wrong = sorted(m for m in set(real) & set(doc) if real[m] != doc[m])
+        assert not missing and not extra and not wrong, \
+            "%s's metrics table: not documented %s; documented but not served %s; wrong type %s" % (
+                name, missing, extra, ["%s is a %s" % (m, real[m]) for m in wrong])
+
+
+# All that pgcdc serves or accepts must be documented; with DOCS_TO_CODE=1,
+# also everything documented must exist.
+DOCS_TO_CODE = os.environ.get("DOCS_TO_CODE") == "1"
+
+
+def code_keys():
+    """(section, key) pairs of the configuration tables in the C sources."""
+    keys = set()
+    for f in os.listdir(ROOT):
+        if f.endswith(".c"):
+            with open(os.path.join(ROOT, f), encoding="utf-8", errors="replace") as fh:
+                keys.update(re.findall(r'\{\s*"(postgres|server)",\s*"(\w+)"', fh.read()))
+    return keys
+
+
+def t_config_keys_documented(pgcdc):
+    with open(PROTOCOL, encoding="utf-8") as f:
+        text = f.read()
+    doc = set()
+    for sec in ("postgres", "server"):
+        for cells in table_rows(text, r"^\[%s\]$" % sec):
+            for k in re.findall(r"`(\w+)`", cells[0]):
+                doc.add((sec, k))
+    code = code_keys()
+    assert code, "no configuration table found in the sources"
+    missing = sorted("[%s] %s" % k for k in code - doc)
+    assert not missing, "docs/protocol.md, Configuration does not document %s" % missing
+    if not DOCS_TO_CODE:
+        return
+    # and every documented key is one pgcdc knows
+    tmp = tempfile.mkdtemp(prefix="readme-keys-")
+    try:
+        unknown = []
+        for sec, key in sorted(doc):
+            path = os.path.join(tmp, "k.config")
+            with open(path, "w") as f:
+                f.write("[postgres]\nconninfo = dbname=app\n" if sec != "postgres" or key != "conninfo" else "")
+                f.write("[%s]\n%s = ?\n" % (sec, key))
+            p = subprocess.run([pgcdc, "-t", "-c", path], capture_output=True, text=True, timeout=10)
+            if "unknown key" in p.stderr + p.stdout:
+                unknown.append("[%s] %s" % (sec, key))
+        assert not unknown, "docs/protocol.md documents keys pgcdc does not know: %s" % unknown
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def t_protocol_examples():
+    """docs/protocol.md shows the same example messages as README."""
+    readme, _ = message_examples()
+    with open(PROTOCOL, encoding="utf-8") as f:
+        text = f.read()
+    theirs = [json.loads(line, object_pairs_hook=dict) for section, lang, code, _ in blocks(text)
+              if section == "Examples" and lang == "json" for line in code.split("\n") if line.strip()]
+    assert theirs == readme, "docs/protocol.md, Examples differs from README's messages"
+
+
 # ---- main -----------------------------------------------------------------------
 
 def main():
@@ -454,7 +552,9 @@ def main():
             ("readme: the grant minting snippets are tests/grant_mint.*", t_grant_snippets),
             ("readme: the systemd steps are dist/pgcdc.service's", t_systemd_steps),
             ("readme: each readable example URL decodes like its encoded form", t_example_pairs),
-            ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc))):
+            ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
+            ("protocol: every configuration key is documented", lambda: t_config_keys_documented(pgcdc)),
+            ("protocol: its example messages are README's", t_protocol_examples)):
         if want(name):
             harness.run_test(name, fn)
 
@@ -485,7 +585,9 @@ def main():
         for tname, fn in (
                 ("readme: the example messages are what pgcdc sends", lambda: t_messages(h, pc)),
                 ("readme: the JavaScript for I, U, D and T keeps the right rows", lambda: t_messages_js(h, pc)),
-                ("readme: every example URL is accepted as printed", lambda: t_example_urls(h, pc))):
+                ("readme: every example URL is accepted as printed", lambda: t_example_urls(h, pc)),
+                ("readme, protocol: every metric served is in both metrics tables, with its type",
+                 lambda: t_metrics_documented(h, pc))):
             if not want(tname):
                 continue
             if "JavaScript" in tname and not shutil.which("node"):
