@@ -273,6 +273,29 @@ EOF
     else
         not_ok "https /ping and /metrics through nginx" "see above"
     fi
+    # The port-80 server only redirects (README says so): a plain ws://
+    # upgrade there gets 301 to https://, never a stream.
+    if why=$("$PY" - "$hport" 2>&1 <<'EOF'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"GET /ws?query=*:t HTTP/1.1\r\nHost: cdc.example.com\r\nUpgrade: websocket\r\n"
+          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+          b"Sec-WebSocket-Version: 13\r\n\r\n")
+data = b""
+while b"\r\n\r\n" not in data:
+    b = s.recv(4096)
+    if not b:
+        break
+    data += b
+head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+if not head.startswith("HTTP/1.1 301") or "\r\nLocation: https://cdc.example.com/ws?query=*:t" not in head:
+    sys.exit(head[:300].replace("\r\n", " | "))
+EOF
+    ); then
+        ok "plain ws:// to nginx's port-80 server gets 301 to https://"
+    else
+        not_ok "plain ws:// to nginx's port-80 server gets 301 to https://" "$why"
+    fi
 }
 
 # ---- HAProxy (when installed) ----------------------------------------------
