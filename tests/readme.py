@@ -503,6 +503,24 @@ def t_config_keys_documented(pgcdc):
     assert code, "no configuration table found in the sources"
     missing = sorted("[%s] %s" % k for k in code - doc)
     assert not missing, "docs/protocol.md, Configuration does not document %s" % missing
+    # README's table (section, key, default, meaning) and the example file
+    readme = set()
+    for cells in table_rows(readme_text(), r"^Configuration$"):
+        if len(cells) >= 4 and cells[0] in ("postgres", "server"):
+            readme.update((cells[0], k) for k in re.findall(r"`(\w+)`", cells[1]))
+    missing = sorted("[%s] %s" % k for k in code - readme)
+    assert not missing, "README's configuration table does not list %s" % missing
+    example, sec = set(), None
+    with open(os.path.join(ROOT, "pgcdc.example.config"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^\[(\w+)\]", line)
+            if m:
+                sec = m.group(1)
+            m = re.match(r"^[;#]?\s*(\w+)\s*=", line)
+            if m and sec:
+                example.add((sec, m.group(1)))
+    missing = sorted("[%s] %s" % k for k in code - example)
+    assert not missing, "pgcdc.example.config does not show %s" % missing
     if not DOCS_TO_CODE:
         return
     # and every documented key is one pgcdc knows
@@ -553,7 +571,7 @@ def main():
             ("readme: the systemd steps are dist/pgcdc.service's", t_systemd_steps),
             ("readme: each readable example URL decodes like its encoded form", t_example_pairs),
             ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
-            ("protocol: every configuration key is documented", lambda: t_config_keys_documented(pgcdc)),
+            ("readme, protocol: every configuration key is in both tables and the example file", lambda: t_config_keys_documented(pgcdc)),
             ("protocol: its example messages are README's", t_protocol_examples)):
         if want(name):
             harness.run_test(name, fn)
