@@ -727,6 +727,9 @@ struct client {
     uint8_t has_since;
     uint64_t id;
     char addr[48];
+    client *wnext, *wprev;  /* request unfinished: the waiting list, oldest first */
+    uint8_t waiting;        /* ... on it */
+    uint8_t peer_counted;   /* counts in its peer's waiting connections */
     ws_parser wp;
 };
 
@@ -737,6 +740,10 @@ struct lookup {
     char *schema, *name;
     lookup *next;
 };
+
+/* Reasons of pgcdc_auth_failures_total, in the order of authf_names. */
+enum { AUTHF_TOKEN, AUTHF_JWT, AUTHF_GRANT, AUTHF_ORIGIN, AUTHF_RULE, AUTHF_N };
+static const char *const authf_names[AUTHF_N] = { "token", "jwt", "grant", "origin", "rule" };
 
 enum rstate { R_WAIT, R_CONNECTING, R_IDENTIFY, R_SET, R_SLOTINFO,
               R_CREATE, R_START, R_STREAMING, R_STOPPING };
@@ -813,12 +820,24 @@ typedef struct server {
     w2j_col *cols;
     unsigned ntoks, ncols;
 
+    /* connections whose request is not complete yet, oldest first, and
+     * how many each peer address holds (chained hash of peer_count) */
+    client *wait_head, *wait_tail;
+    unsigned nwaiting;
+    struct peer_count *peers[256];
+    uint64_t m_shed;
+    uint64_t shed_unlogged;   /* shed since the last log line about it */
+    int64_t shed_logged;
+
     /* metrics */
+    uint64_t m_auth_fail[AUTHF_N];
     uint64_t m_changes, m_frames, m_bytes, m_drop_slow, m_drop_proto,
              m_drop_timeout, m_reconnects, m_resumes, m_skipped;
 } server;
 
 static server S;
+
+static void waiting_del(client *c);
 
 #define TOKS_MAX 65536
 #define COLS_MAX 4096
@@ -828,6 +847,8 @@ static server S;
 #define DRAIN_TIMEOUT_MS 30000
 #define LINGER_MS 2000
 #define TABLE_CACHE_MS 5000
+#define WAITING_MAX 1024     /* connections with an unfinished request */
+#define PEER_WAITING_MAX 64  /* ... from one peer address */
 
 static int pos_cmp(uint64_t al, uint32_t ai, uint64_t bl, uint32_t bi)
 {
@@ -1885,6 +1906,7 @@ static void client_close(client *c)
         return;
     if (c->counted)
         S.nclients--;
+    waiting_del(c);
     group_leave(c);
     close(c->fd);
     c->fd = -1;
@@ -2271,6 +2293,7 @@ static void http_respond(client *c, int st, const char *extra, const char *ctype
     q_clear(c, 0);
     q_push(c, f);
     frame_unref(f);
+    waiting_del(c);
     c->close_after = 1;
     if (c->state == C_PENDING)
         c->state = C_HTTP;
@@ -2736,6 +2759,8 @@ static void client_read(client *c)
         c->last_rx = S.now;
         http_req r;
         int pr = http_parse(c->req, c->req_len, &r);
+        if (pr != 0)
+            waiting_del(c);   /* the request is complete (or broken) */
         if (pr < 0)
             http_error(c, 400, NULL, "malformed HTTP request");
         else if (pr > 0)
@@ -3770,6 +3795,14 @@ static void metrics_body(sbuf *b)
     metric(b, "pgcdc_history_oldest_lsn_bytes", "gauge", "Commit LSN of the oldest change in the history.",
            oldest ? oldest->lsn : 0);
     metric(b, "pgcdc_resumes_total", "counter", "Clients that connected with since.", S.m_resumes);
+    metric(b, "pgcdc_connections_waiting", "gauge", "Connections whose request is not complete yet.", S.nwaiting);
+    metric(b, "pgcdc_connections_shed_total", "counter",
+           "Connections closed before finishing their request to make room for others.", S.m_shed);
+    sb_printf(b, "# HELP pgcdc_auth_failures_total Requests refused for their credentials or Origin.\n"
+              "# TYPE pgcdc_auth_failures_total counter\n");
+    for (int i = 0; i < AUTHF_N; i++)
+        sb_printf(b, "pgcdc_auth_failures_total{reason=\"%s\"} %llu\n", authf_names[i],
+                  (unsigned long long)S.m_auth_fail[i]);
 }
 
 /* ==== The event loop ==================================================== */
@@ -3843,6 +3876,101 @@ MAIN_ONLY static int listen_on(const char *spec_, char *err, size_t errlen)
     return fd;
 }
 
+/* ==== Connections that have not finished a request ===================== */
+
+/* A connection counts here from accept until its request head is complete
+ * (or it is answered or closed).  They are limited apart from WebSocket
+ * clients, in all and per peer address, so idle or slow connections can
+ * never keep clients out: when a limit is reached the oldest is shed.
+ * A trusted proxy is exempt from the per-address limit: every client behind
+ * it shares its address. */
+
+typedef struct peer_count {
+    char addr[48];
+    unsigned n;
+    struct peer_count *next;
+} peer_count;
+
+static struct peer_count **peer_slot(const char *addr)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = addr; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    struct peer_count **pp = &S.peers[h % (sizeof S.peers / sizeof S.peers[0])];
+    while (*pp && strcmp((*pp)->addr, addr))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static void waiting_del(client *c)
+{
+    if (!c->waiting)
+        return;
+    if (c->wprev) c->wprev->wnext = c->wnext;
+    else S.wait_head = c->wnext;
+    if (c->wnext) c->wnext->wprev = c->wprev;
+    else S.wait_tail = c->wprev;
+    c->wnext = c->wprev = NULL;
+    c->waiting = 0;
+    S.nwaiting--;
+    if (c->peer_counted) {
+        struct peer_count **pp = peer_slot(c->addr), *pc = *pp;
+        c->peer_counted = 0;
+        if (pc && --pc->n == 0) {
+            *pp = pc->next;
+            free(pc);
+        }
+    }
+}
+
+static void shed(client *c, const char *why)
+{
+    S.m_shed++;
+    if (S.now - S.shed_logged >= 10000) {
+        log_warn("client %llu %s: closed, its request unfinished after %lld ms: %s%s",
+                 (unsigned long long)c->id, c->addr, (long long)(S.now - (c->deadline - REQUEST_TIMEOUT_MS)),
+                 why, S.shed_unlogged ? " (more were shed; see pgcdc_connections_shed_total)" : "");
+        S.shed_logged = S.now;
+        S.shed_unlogged = 0;
+    } else {
+        S.shed_unlogged++;
+    }
+    client_close(c);
+}
+
+/* Makes room for c, then puts it last on the waiting list. */
+static void waiting_add(client *c)
+{
+    if (!trusted_peer(c->addr)) {
+        struct peer_count **pp = peer_slot(c->addr), *pc = *pp;
+        if (pc && pc->n >= PEER_WAITING_MAX) {
+            client *o = S.wait_head;
+            while (o && !(o->peer_counted && !strcmp(o->addr, c->addr)))
+                o = o->wnext;
+            if (o)
+                shed(o, "too many unfinished requests from this address");
+            pp = peer_slot(c->addr);
+            pc = *pp;
+        }
+        if (!pc) {
+            pc = xmalloc(sizeof *pc);
+            memset(pc, 0, sizeof *pc);
+            snprintf(pc->addr, sizeof pc->addr, "%s", c->addr);
+            *pp = pc;
+        }
+        pc->n++;
+        c->peer_counted = 1;
+    }
+    if (S.nwaiting >= WAITING_MAX && S.wait_head)
+        shed(S.wait_head, "too many unfinished requests");
+    c->waiting = 1;
+    c->wprev = S.wait_tail;
+    if (S.wait_tail) S.wait_tail->wnext = c;
+    else S.wait_head = c;
+    S.wait_tail = c;
+    S.nwaiting++;
+}
+
 static void accept_clients(void)
 {
     static int64_t emfile_logged;
@@ -3869,7 +3997,9 @@ static void accept_clients(void)
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (S.nconns >= (unsigned)S.cfg.max_clients + 1024u) {
+        /* the last resort against running out of descriptors; the limits
+         * on unfinished requests keep this from being reached by them */
+        if (S.nconns >= (unsigned)S.cfg.max_clients + WAITING_MAX + 1024u) {
             static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                                        "Content-Length: 17\r\nConnection: close\r\n\r\ntoo many clients\n";
             if (write(fd, busy, sizeof busy - 1) < 0) {
@@ -3903,6 +4033,7 @@ static void accept_clients(void)
         S.nconns++;
         set_events(c);
         log_debug("client %llu %s: connected", (unsigned long long)c->id, c->addr);
+        waiting_add(c);
     }
 }
 

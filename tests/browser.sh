@@ -149,4 +149,31 @@ else
 		notok "GET / is 404 when demo_page = false" "GET / gave $code, /ping gave '$ping'"
 	fi
 fi
+
+# Refusals a page can read: close 4000 + status on pgcdc's own origin, a
+# plain refusal for a page on another origin.
+rtoken="browser-token-$$-0123456789"
+if ! start_pgcdc refusals "token = $rtoken
+max_clients = 1
+[postgres]
+tables = public.$table"; then
+	notok "Chromium reads refusals as close 4000 + status" "pgcdc did not start: $(logtail refusals)"
+else
+	out=$(cd "$here" && PGCDC_PORT=$port TOKEN=$rtoken TABLE=$table \
+		timeout -k 5 130 node browser_refusals.mjs 2>&1)
+	rc=$?
+	n=0
+	while IFS= read -r line; do
+		case $line in
+		"ok - "*) ok "${line#ok - }"; n=$((n + 1)) ;;
+		"not ok - "*) line=${line#not ok - }; notok "${line%%: *}" "${line#*: } (pgcdc log: $(logtail refusals))"; n=$((n + 1)) ;;
+		esac
+	done <<EOF
+$out
+EOF
+	if [ $n = 0 ]; then
+		notok "Chromium reads refusals as close 4000 + status" \
+			"browser_refusals.mjs exited $rc: $(printf '%s' "$out" | tail -n 3 | tr '\n' '|')"
+	fi
+fi
 finish

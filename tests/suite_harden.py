@@ -268,7 +268,6 @@ def t_unfinished_requests():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     setup_table("hz_idle")
-    import websockets.sync.client as wsc  # noqa: F401  (only to fail early if missing)
     with Pgcdc({"server": {"max_clients": "4"}}) as p:
         st, _, _, _ = upgrade(p.port, "/ws?query=*:hz_idle")
         assert st == 101
@@ -358,7 +357,7 @@ def t_browser_refusals():
     status; a disallowed Origin is a plain 403."""
     setup_table("hz_br")
     sql("DROP TABLE IF EXISTS hz_br_missing")
-    cfg = {"server": {"token": TOKEN, "max_clients": "1"}, "postgres": {"tables": "public.hz_br*"}}
+    cfg = {"server": {"token": TOKEN, "max_clients": "1"}, "postgres": {"tables": "public.hz_br, public.hz_br_missing"}}
     with Pgcdc(cfg) as p:
         own = ["Origin: http://127.0.0.1:%d" % p.port]
         auth = ["Authorization: Bearer " + TOKEN]
@@ -402,6 +401,7 @@ TESTS = [
     ("harden: a malformed conninfo is refused at load, never echoed (-t too)", t_conninfo_not_echoed),
     ("harden: control bytes from clients are escaped in the log", t_log_escapes),
     ("harden: token and grant_secret need at least 16 bytes", t_secret_minimum),
+    ("harden: unfinished requests are limited apart from clients and per peer", t_unfinished_requests),
 ]
 
 
