@@ -11,7 +11,7 @@ LDLIBS = -L$(PQ_LIB) -lpq
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c snapshot.c
+UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c snapshot.c grant.c
 SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer

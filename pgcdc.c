@@ -2487,94 +2487,22 @@ static void handle_ws_request(client *c, http_req *r)
     lookup_start(c, sp);
 }
 
-/* Signed grants (docs/protocol.md, Grants): 0 accepted, else the response is sent. */
+/* Signed grants (docs/protocol.md, "Signed grants"): 0 accepted, else the
+ * response is sent. */
 static int grant_check(client *c, const spec *sp)
 {
-    const char *g = c->pend->prm.grant;
     char err[512];
+    int64_t exp = 0;
     if (!S.cfg.grant_secret)
         return 0;
-    if (!g || !*g) {
-        http_error(c, 401, NULL, "missing grant: this server needs a signed grant (&grant=)");
+    int st = grant_verify(S.cfg.grant_secret, strlen(S.cfg.grant_secret), c->pend->prm.grant, sp,
+                          (int64_t)time(NULL), &exp, err, sizeof err);
+    if (st) {
+        S.m_auth_fail[AUTHF_GRANT]++;
+        http_error(c, st, NULL, "%s", err);
         return -1;
     }
-    const char *dot = strchr(g, '.');
-    size_t pn = dot ? (size_t)(dot - g) : 0;
-    uint8_t payload[4096], mac[32], want[20];
-    long plen = dot ? b64url_decode(g, pn, payload, sizeof payload - 1) : -1;
-    long mlen = dot ? b64url_decode(dot + 1, strlen(dot + 1), mac, sizeof mac) : -1;
-    if (plen < 0 || mlen != 20) {
-        http_error(c, 401, NULL, "malformed grant: expected base64url(payload).base64url(mac)");
-        return -1;
-    }
-    hmac_sha1(S.cfg.grant_secret, strlen(S.cfg.grant_secret), payload, (size_t)plen, want);
-    if (!ct_equal(mac, 20, want, 20)) {
-        http_error(c, 401, NULL, "invalid grant signature");
-        return -1;
-    }
-    payload[plen] = 0;
-    if (memchr(payload, 0, (size_t)plen)) {
-        http_error(c, 401, NULL, "malformed grant payload");
-        return -1;
-    }
-    /* the payload is a query string: exp, query, filter... */
-    ws_params gp;
-    const char *exp = NULL;
-    if (params_parse((const char *)payload, (size_t)plen, &gp, err, sizeof err)) {
-        http_error(c, 401, NULL, "malformed grant payload: %s", err);
-        return -1;
-    }
-    for (const char *s = (const char *)payload; s; ) {
-        if (!strncmp(s, "exp=", 4)) {
-            exp = s + 4;
-            break;
-        }
-        s = strchr(s, '&');
-        if (s)
-            s++;
-    }
-    long long expv = 0;
-    char ebuf[32];
-    size_t en = exp ? strcspn(exp, "&") : 0;
-    if (en && en < sizeof ebuf) {
-        memcpy(ebuf, exp, en);
-        ebuf[en] = 0;
-    }
-    if (!en || en >= sizeof ebuf || parse_ll(ebuf, &expv) || !gp.query) {
-        params_free(&gp);
-        http_error(c, 401, NULL, "malformed grant payload: needs exp and query");
-        return -1;
-    }
-    if (expv <= (long long)time(NULL)) {
-        params_free(&gp);
-        http_error(c, 401, NULL, "grant expired");
-        return -1;
-    }
-    spec *gs = spec_parse(gp.query, gp.filters, gp.nfilters, err, sizeof err);
-    params_free(&gp);
-    if (!gs) {
-        http_error(c, 401, NULL, "malformed grant query: %s", err);
-        return -1;
-    }
-    const char *why = NULL;
-    if ((sp->types & ~gs->types) != 0)
-        why = "change types";
-    else if (strcmp(sp->schema, gs->schema) || strcmp(sp->table, gs->table))
-        why = "table";
-    for (unsigned i = 0; !why && i < gs->nfilters; i++) {
-        unsigned j;
-        for (j = 0; j < sp->nfilters; j++)
-            if (!strcmp(gs->filters[i].text, sp->filters[j].text))
-                break;
-        if (j == sp->nfilters)
-            why = "filters (every filter of the grant must be in the request)";
-    }
-    free(gs);
-    if (why) {
-        http_error(c, 403, NULL, "the request asks for more than the grant allows: %s", why);
-        return -1;
-    }
-    c->grant_exp = expv;
+    c->grant_exp = exp;
     return 0;
 }
 

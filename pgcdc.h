@@ -377,4 +377,14 @@ uint64_t xid_widen(uint32_t xid, uint64_t near);
  * (below xmin, or below xmax and not in xip)?  xid is widened near xmax. */
 int xid_visible(uint32_t xid, uint64_t xmin, uint64_t xmax, const uint64_t *xip, size_t nxip);
 
+/* ==== grant.c ============================================================ */
+
+/* Verifies a signed grant (docs/protocol.md, "Signed grants") for the
+ * subscription sp at unix time now, under secret[0..slen).  Returns 0 (and
+ * the grant's expiry in *exp), 401 (missing, malformed, bad signature or
+ * expired) or 403 (asks for more than granted), with the reason in err
+ * (never the grant itself). */
+int grant_verify(const char *secret, size_t slen, const char *grant, const spec *sp,
+                 int64_t now, int64_t *exp, char *err, size_t errlen);
+
 #endif

@@ -39,8 +39,8 @@ sources() {
     case $1 in
         ws) echo "ws.c base64.c sha1.c" ;;
         json) echo "json.c" ;;
-        query) echo "-DPGCDC_NO_MAIN pgcdc.c sha1.c base64.c ws.c json.c -L$PQ_LIB -lpq" ;;
-        http) echo "sha1.c base64.c ws.c json.c -L$PQ_LIB -lpq" ;;   # includes pgcdc.c
+        query) echo "-DPGCDC_NO_MAIN pgcdc.c sha1.c base64.c ws.c json.c grant.c -L$PQ_LIB -lpq" ;;
+        http) echo "sha1.c base64.c ws.c json.c grant.c -L$PQ_LIB -lpq" ;;   # includes pgcdc.c
         jwt|jwks) echo "jwt.c sha256.c base64.c json.c" ;;
     esac
 }
