@@ -34,7 +34,8 @@ web/pgcdc_js.h: web/pgcdc.js web/embed.sh
 # Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
             tests/test_json.c tests/test_query.c tests/test_stream.c \
-            tests/test_sha256.c tests/test_jwt.c tests/test_snapshot.c
+            tests/test_sha256.c tests/test_jwt.c tests/test_snapshot.c \
+            tests/test_project.c
 tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h tests/jwt_vectors.h $(WEB_H)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
 	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)

@@ -642,3 +642,92 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
         return rc;
     return JSON_OK;
 }
+
+/* ==== projection (columns=) ============================================== */
+
+/* Is the escaped name s among the sorted names?  Names are compared as raw
+ * bytes, so an escaped name is unescaped first (catalog names are short). */
+static int name_kept(slice s, char *const *names, unsigned nnames)
+{
+    char buf[256];
+    const char *p = s.p;
+    size_t n = s.n;
+    if (memchr(s.p, '\\', s.n)) {
+        long u = json_unescape(s.p, s.n, buf, sizeof buf);
+        if (u < 0)
+            return 0;
+        p = buf;
+        n = (size_t)u;
+    }
+    unsigned lo = 0, hi = nnames;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        size_t mn = strlen(names[mid]);
+        int c = memcmp(names[mid], p, mn < n ? mn : n);
+        if (c == 0)
+            c = mn < n ? -1 : mn > n;
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* The "name" member's value of the column object at toks[i]. */
+static int col_name(const char *buf, const json_tok *toks, int ntok, int i, slice *out)
+{
+    int k = i + 1;
+    for (uint32_t m = 0; m < toks[i].size; m++) {
+        if (key_is(buf, &toks[k], "name", 4) && toks[k + 1].type == JSON_STRING) {
+            *out = tok_slice(buf, &toks[k + 1]);
+            return 0;
+        }
+        k = skip(toks, ntok, k + 1);
+    }
+    return -1;
+}
+
+long w2j_project(const char *rec, size_t len, char *const *names, unsigned nnames,
+                 json_tok *toks, unsigned ntoks, char *out, size_t cap)
+{
+    json_parser p;
+    json_init(&p);
+    int ntok = json_parse(&p, rec, len, toks, ntoks);
+    if (ntok < 0)
+        return ntok;
+    if (toks[0].type != JSON_OBJECT || cap < len)
+        return JSON_INVALID;
+    size_t o = 0, from = 0;
+    int k = 1;
+    for (uint32_t m = 0; m < toks[0].size; m++) {
+        int v = k + 1;
+        if ((key_is(rec, &toks[k], "columns", 7) || key_is(rec, &toks[k], "identity", 8)) &&
+            toks[v].type == JSON_ARRAY) {
+            /* everything up to and including '[' as it is, then the kept
+             * elements joined by ',', then from ']' on */
+            size_t open = toks[v].start + 1;
+            memcpy(out + o, rec + from, open - from);
+            o += open - from;
+            int e = v + 1, first = 1;
+            for (uint32_t j = 0; j < toks[v].size; j++) {
+                slice nm;
+                if (toks[e].type == JSON_OBJECT && col_name(rec, toks, ntok, e, &nm) == 0 &&
+                    name_kept(nm, names, nnames)) {
+                    if (!first)
+                        out[o++] = ',';
+                    memcpy(out + o, rec + toks[e].start, toks[e].end - toks[e].start);
+                    o += toks[e].end - toks[e].start;
+                    first = 0;
+                }
+                e = skip(toks, ntok, e);
+            }
+            from = toks[v].end - 1;
+        }
+        k = skip(toks, ntok, v);
+    }
+    memcpy(out + o, rec + from, len - from);
+    return (long)(o + len - from);
+}

@@ -233,6 +233,14 @@ long json_unescape(const char *s, size_t n, char *out, size_t cap);
 /* Does the escaped string s equal the raw bytes raw?  (No copy needed.) */
 int json_str_eq(slice s, const char *raw, size_t rawlen);
 
+/* Copies the JSON object rec[0..len) into out (cap >= len), keeping in its
+ * "columns" and "identity" arrays only the column objects whose name is
+ * among names (nnames of them, NUL-terminated, sorted bytewise, unescaped);
+ * every other byte is copied as it is.  toks/ntoks is scratch.  Returns the
+ * length written, or a JSON_* error. */
+long w2j_project(const char *rec, size_t len, char *const *names, unsigned nnames,
+                 json_tok *toks, unsigned ntoks, char *out, size_t cap);
+
 /* Parses "X/X" (hexadecimal halves) into an LSN.  Returns 0 or -1. */
 int lsn_parse(const char *s, size_t n, uint64_t *lsn);
 

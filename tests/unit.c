@@ -19,6 +19,7 @@ void test_stream(void);
 void test_sha256(void);
 void test_jwt(void);
 void test_snapshot(void);
+void test_project(void);
 
 int main(void)
 {
@@ -31,6 +32,7 @@ int main(void)
     test_sha256();
     test_jwt();
     test_snapshot();
+    test_project();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }

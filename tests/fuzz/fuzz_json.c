@@ -5,6 +5,7 @@
  * tokens (abort otherwise).  w2j_parse must agree with the tokenizer, keep
  * its slices inside the input, and every string token that json_unescape
  * accepts must compare equal to its unescaped form with json_str_eq.
+ * w2j_project's output must be no longer than the input and parse again.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -94,6 +95,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (nw > 0)
         check_strings(buf, nw);
+    if (nw > 0) {
+        /* a projection is no longer than the input and still one JSON value */
+        static char *const keep[] = { "a", "id", "name" };
+        char *out = malloc(size ? size : 1);
+        if (!out)
+            abort();
+        long pl = w2j_project(buf, size, keep, 3, step, NTOK, out, size);
+        if (pl > (long)size)
+            abort();
+        if (pl >= 0) {
+            json_parser q;
+            json_init(&q);
+            if (json_parse(&q, out, (size_t)pl, step, NTOK) <= 0)
+                abort();
+        }
+        free(out);
+    }
 
     w2j_col cols[NCOL];
     w2j_record r;
