@@ -263,6 +263,7 @@ typedef struct config {
     size_t history;
     char *trusted_proxies;
     char *grant_secret;
+    char *admin_listen;      /* NULL: /health and /metrics on listen */
 } config;
 
 MAIN_ONLY static void config_defaults(config *c)
@@ -287,6 +288,7 @@ MAIN_ONLY static void config_free(config *c)
     free(c->conninfo); free(c->slot); free(c->tables);
     free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
     free(c->token); free(c->trusted_proxies); free(c->grant_secret);
+    free(c->admin_listen);
 }
 
 enum { K_STR, K_BOOL, K_INT, K_SIZE };
@@ -317,6 +319,7 @@ static const keydef keydefs[] = {
     { "server", "history", K_SIZE, KOFF(history), 0, 1LL << 40 },
     { "server", "trusted_proxies", K_STR, KOFF(trusted_proxies), 0, 0 },
     { "server", "grant_secret", K_STR, KOFF(grant_secret), 0, 0 },
+    { "server", "admin_listen", K_STR, KOFF(admin_listen), 0, 0 },
 };
 #define NKEYS (sizeof keydefs / sizeof keydefs[0])
 
@@ -526,7 +529,7 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
             snprintf(err, errlen, "a slot name is 1 to 63 characters of [a-z0-9_], got \"%.100s\"", v);
             return -1;
         }
-    } else if (!strcmp(k->name, "listen")) {
+    } else if (!strcmp(k->name, "listen") || !strcmp(k->name, "admin_listen")) {
         char h[256], p[8];
         if (parse_listen(v, h, sizeof h, p, sizeof p)) {
             snprintf(err, errlen, "expected host:port, [v6]:port or :port, got \"%.100s\"", v);
@@ -707,6 +710,7 @@ struct client {
     uint8_t got_close;   /* a close frame came from the peer */
     uint8_t sent_close;  /* a close frame was queued */
     uint8_t counted;     /* counts in nclients (upgraded) */
+    uint8_t admin;       /* accepted on admin_listen */
     int64_t deadline;    /* ms: request, close or linger timeout; 0 none */
     int64_t last_rx;     /* ms of the last byte received */
     int64_t last_ping;
@@ -752,6 +756,7 @@ typedef struct server {
     config cfg;
     const char *config_path;
     int listen_fd;
+    int admin_fd;            /* admin_listen, or -1 */
     int sigpipe[2];
     volatile int stop;
     int64_t now;
@@ -1777,7 +1782,8 @@ static void group_leave(client *c)
 #define SLOT_PIPE 1
 #define SLOT_REPL 2
 #define SLOT_CAT 3
-#define SLOT_FIRST 4
+#define SLOT_ADMIN 4
+#define SLOT_FIRST 5
 
 static client *graveyard;    /* closed this iteration, freed at its end */
 
@@ -2608,11 +2614,24 @@ static void serve_asset(client *c, const http_req *r, int head, const void *body
     set_events(c);
 }
 
+static int path_is(const http_req *r, const char *p)
+{
+    size_t n = strlen(p);
+    return r->path.n == n && !memcmp(r->path.p, p, n);
+}
+
 static void handle_request(client *c, http_req *r)
 {
     sbuf b = { 0 };
     c->head_len = (uint32_t)r->head_len;
     client_addr_from_xff(c, r->xff);
+    /* with admin_listen, /health and /metrics live there alone (and /ping
+     * answers on both, for load balancers) */
+    int admin_path = path_is(r, "/health") || path_is(r, "/metrics");
+    if (c->admin ? !(admin_path || path_is(r, "/ping")) : admin_path && S.cfg.admin_listen) {
+        http_error(c, 404, NULL, "not found: %.*s", (int)(r->path.n > 200 ? 200 : r->path.n), r->path.p);
+        return;
+    }
     if (r->path.n == 3 && !memcmp(r->path.p, "/ws", 3)) {
         handle_ws_request(c, r);
         return;
@@ -3899,17 +3918,19 @@ static void waiting_add(client *c)
     S.nwaiting++;
 }
 
-static void accept_clients(void)
+/* Accepts on the listener in poll slot lslot (SLOT_LISTEN or SLOT_ADMIN). */
+static void accept_clients(int lslot)
 {
     static int64_t emfile_logged;
     for (int i = 0; i < 256; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
-        int fd = accept(S.listen_fd, (struct sockaddr *)&ss, &sl);
+        int fd = accept(S.pfd[lslot].fd, (struct sockaddr *)&ss, &sl);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) {
-                /* the listener stays readable: pause it, or the loop spins */
+                /* the listeners stay readable: pause them, or the loop spins */
                 S.pfd[SLOT_LISTEN].events = 0;
+                S.pfd[SLOT_ADMIN].events = 0;
                 S.accept_paused = S.now + 100;
                 if (S.now - emfile_logged > 10000) {
                     log_warn("out of file descriptors (%s): raise the limit (ulimit -n)", strerror(errno));
@@ -3941,6 +3962,7 @@ static void accept_clients(void)
         c->fd = fd;
         c->id = ++S.next_client_id;
         c->state = C_HTTP;
+        c->admin = (uint8_t)(lslot == SLOT_ADMIN);
         c->deadline = S.now + REQUEST_TIMEOUT_MS;
         c->last_rx = S.now;
         if (ss.ss_family == AF_INET)
@@ -4027,6 +4049,11 @@ static void begin_shutdown(void)
         S.listen_fd = -1;
         S.pfd[SLOT_LISTEN].fd = -1;
     }
+    if (S.admin_fd >= 0) {
+        close(S.admin_fd);
+        S.admin_fd = -1;
+        S.pfd[SLOT_ADMIN].fd = -1;
+    }
     S.stop_deadline = S.now + 3000;
 }
 
@@ -4077,6 +4104,7 @@ MAIN_ONLY static int run(void)
             if (S.accept_paused && S.now >= S.accept_paused && S.listen_fd >= 0) {
                 S.accept_paused = 0;
                 S.pfd[SLOT_LISTEN].events = POLLIN;
+                S.pfd[SLOT_ADMIN].events = POLLIN;
             }
             clients_tick();
             if (!shutting) {
@@ -4105,7 +4133,9 @@ MAIN_ONLY static int run(void)
         if (S.cat && S.pfd[SLOT_CAT].revents)
             cat_event();
         if (S.listen_fd >= 0 && (S.pfd[SLOT_LISTEN].revents & POLLIN))
-            accept_clients();
+            accept_clients(SLOT_LISTEN);
+        if (S.admin_fd >= 0 && (S.pfd[SLOT_ADMIN].revents & POLLIN))
+            accept_clients(SLOT_ADMIN);
         for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
             if (i >= S.npfd)
                 continue;
@@ -4219,6 +4249,15 @@ int main(int argc, char **argv)
         log_error("%s", err);
         return 2;
     }
+    S.admin_fd = -1;
+    if (S.cfg.admin_listen) {
+        S.admin_fd = listen_on(S.cfg.admin_listen, err, sizeof err);
+        if (S.admin_fd < 0) {
+            log_error("admin_listen: %s", err);
+            return 2;
+        }
+        log_info("/health and /metrics on %s only", S.cfg.admin_listen);
+    }
     S.cappfd = 1024;
     S.pfd = xmalloc((size_t)S.cappfd * sizeof *S.pfd);
     S.pcl = xmalloc((size_t)S.cappfd * sizeof *S.pcl);
@@ -4229,6 +4268,7 @@ int main(int argc, char **argv)
     S.pfd[SLOT_PIPE] = (struct pollfd){ S.sigpipe[0], POLLIN, 0 };
     S.pfd[SLOT_REPL] = (struct pollfd){ -1, 0, 0 };
     S.pfd[SLOT_CAT] = (struct pollfd){ -1, 0, 0 };
+    S.pfd[SLOT_ADMIN] = (struct pollfd){ S.admin_fd, POLLIN, 0 };
     S.ntoks = TOKS_MAX;
     S.ncols = COLS_MAX;
     S.toks = xmalloc(S.ntoks * sizeof *S.toks);

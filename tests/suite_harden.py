@@ -402,6 +402,7 @@ TESTS = [
     ("harden: control bytes from clients are escaped in the log", t_log_escapes),
     ("harden: token and grant_secret need at least 16 bytes", t_secret_minimum),
     ("harden: unfinished requests are limited apart from clients and per peer", t_unfinished_requests),
+    ("harden: admin_listen takes /health and /metrics off listen", t_admin_listen),
 ]
 
 
