@@ -11,12 +11,12 @@ LDLIBS = -L$(PQ_LIB) -lpq
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c snapshot.c grant.c
+UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c snapshot.c grant.c query.c http.c stream.c
 SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test unit fuzz fuzz-replay clean install static demo
+.PHONY: all test unit asan fuzz fuzz-replay clean install static demo
 
 all: pgcdc
 
@@ -31,17 +31,22 @@ web/demo.h: web/demo.html web/embed.sh
 web/pgcdc_js.h: web/pgcdc.js web/embed.sh
 	sh web/embed.sh web/pgcdc.js pgcdc_js > $@.tmp && mv $@.tmp $@
 
-# Unit tests: one binary, sanitizers on, pgcdc.c linked without its main().
+# Unit tests: one binary, sanitizers on, linking the pure units only.
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
             tests/test_json.c tests/test_query.c tests/test_stream.c \
             tests/test_sha256.c tests/test_jwt.c tests/test_snapshot.c \
             tests/test_project.c
-tests/unit: $(UNIT_SRCS) $(SRCS) $(HDRS) tests/t.h tests/jwt_vectors.h $(WEB_H)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -DPGCDC_NO_MAIN -Itests -I. -o $@ \
-	    $(UNIT_SRCS) $(SRCS) $(LDFLAGS) $(LDLIBS)
+tests/unit: $(UNIT_SRCS) $(UNITS) $(HDRS) tests/t.h tests/jwt_vectors.h
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests -I. -o $@ $(UNIT_SRCS) $(UNITS) $(LDFLAGS)
 
 unit: tests/unit
 	./tests/unit
+
+# pgcdc with AddressSanitizer, LeakSanitizer and UBSan (tests/leaks.sh).
+asan: build/pgcdc-asan
+build/pgcdc-asan: $(SRCS) $(HDRS) $(WEB_H)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -o $@ $(SRCS) $(LDFLAGS) $(LDLIBS)
 
 test: pgcdc
 	./test.sh
@@ -76,9 +81,9 @@ demo:
 
 # Fuzzers (clang, libFuzzer) for the frame decoder, the wal2json tokenizer,
 # the query parser and the HTTP request parser; FUZZ_SECONDS each.
-fuzz: $(WEB_H)
+fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash tests/fuzz.sh
 
 # Replays the committed corpus under ASan/UBSan without libFuzzer.
-fuzz-replay: $(WEB_H)
+fuzz-replay:
 	FUZZ_SECONDS=0 bash tests/fuzz.sh

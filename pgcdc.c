@@ -6,11 +6,13 @@
  * listening socket, and the clients.  Each change wal2json sends is parsed
  * once (json.c), turned once into a WebSocket text frame carrying a "pos"
  * member, kept in a bounded history for resuming clients, and queued by
- * reference to every client whose subscription matches; queues are written
- * with writev() when the socket takes them.
+ * reference to every client whose subscription matches (query.c); queues
+ * are written with writev() when the socket takes them.
  *
- * Sections: logging and utilities, configuration, frames and history,
- * subscriptions, clients, HTTP, catalog look-ups, replication, metrics,
+ * Sections: logging and utilities, configuration, server state (the one
+ * struct S, by concern: S.http, S.hist, S.repl, S.cat, S.count), frames and
+ * history, tables and groups, clients, HTTP (requests parsed by http.c),
+ * catalog look-ups, replication (the stream identity is stream.c), metrics,
  * the event loop.  The external contract is docs/protocol.md; README.md is
  * the user's guide.
  */
@@ -39,18 +41,9 @@
 
 #include <libpq-fe.h>
 
-/* The unit tests and fuzzers build this file without main(); the helpers
- * only main() uses must not then count as unused. */
-#ifdef PGCDC_NO_MAIN
-#define MAIN_ONLY __attribute__((unused))
-#else
-#define MAIN_ONLY
-#endif
-
 /* ==== Logging and small utilities ====================================== */
 
 enum { L_ERROR, L_WARN, L_INFO, L_DEBUG };
-static int log_level = L_INFO;
 
 /* Copies s into out (NUL-terminated, truncated to fit) with every byte
  * below 0x20 and 0x7f written as \n, \r, \t or \xNN, so no value a client
@@ -82,32 +75,7 @@ static void log_escape(const char *s, size_t n, char *out, size_t cap)
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
-static void logf_(int level, const char *fmt, ...)
-{
-    static const char *names[] = { "error", "warn", "info", "debug" };
-    char line[1024], out[4096];
-    struct timespec ts;
-    struct tm tm;
-    va_list ap;
-    int n;
-
-    if (level > log_level)
-        return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L, names[level]);
-    va_start(ap, fmt);
-    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-    va_end(ap);
-    /* libpq's messages end with a newline: drop trailing blanks */
-    size_t len = strlen(line);
-    while (len > (size_t)n && (line[len - 1] == '\n' || line[len - 1] == ' '))
-        len--;
-    log_escape(line, len, out, sizeof out);
-    fprintf(stderr, "%s\n", out);
-}
+static void logf_(int level, const char *fmt, ...);
 #define log_error(...) logf_(L_ERROR, __VA_ARGS__)
 #define log_warn(...) logf_(L_WARN, __VA_ARGS__)
 #define log_info(...) logf_(L_INFO, __VA_ARGS__)
@@ -146,46 +114,6 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Case-insensitive comparison of a byte range with a NUL-terminated word. */
-static int ieq(const char *s, size_t n, const char *word)
-{
-    size_t i;
-    for (i = 0; i < n && word[i]; i++)
-        if (tolower((unsigned char)s[i]) != tolower((unsigned char)word[i]))
-            return 0;
-    return i == n && word[i] == 0;
-}
-
-static const char *trim(const char *s, size_t *n)
-{
-    while (*n && (*s == ' ' || *s == '\t')) {
-        s++;
-        (*n)--;
-    }
-    while (*n && (s[*n - 1] == ' ' || s[*n - 1] == '\t' || s[*n - 1] == '\r'))
-        (*n)--;
-    return s;
-}
-
-/* Does a comma-separated token list (as in Connection:) hold word? */
-static int has_token(const char *s, size_t n, const char *word)
-{
-    while (n) {
-        size_t k = 0;
-        while (k < n && s[k] != ',')
-            k++;
-        size_t tn = k;
-        const char *t = trim(s, &tn);
-        if (ieq(t, tn, word))
-            return 1;
-        if (k == n)
-            break;
-        s += k + 1;
-        n -= k + 1;
-    }
-    return 0;
 }
 
 /* Constant-time equality: time depends only on the lengths. */
@@ -266,7 +194,7 @@ typedef struct config {
     char *admin_listen;      /* NULL: /health and /metrics on listen */
 } config;
 
-MAIN_ONLY static void config_defaults(config *c)
+static void config_defaults(config *c)
 {
     memset(c, 0, sizeof *c);
     c->slot = xstrndup("pgcdc", 5);
@@ -283,7 +211,7 @@ MAIN_ONLY static void config_defaults(config *c)
     c->history = 67108864;
 }
 
-MAIN_ONLY static void config_free(config *c)
+static void config_free(config *c)
 {
     free(c->conninfo); free(c->slot); free(c->tables);
     free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
@@ -561,7 +489,7 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
 
 /* Reads an INI file into c.  Returns 0, or -1 after printing an error that
  * names the file, the line and the key. */
-MAIN_ONLY static int config_load(config *c, const char *path)
+static int config_load(config *c, const char *path)
 {
     FILE *f = fopen(path, "r");
     char line[8192], section[64] = "";
@@ -710,6 +638,7 @@ struct client {
     uint8_t got_close;   /* a close frame came from the peer */
     uint8_t sent_close;  /* a close frame was queued */
     uint8_t counted;     /* counts in nclients (upgraded) */
+    uint8_t head;        /* the request is HEAD: answers carry no body */
     uint8_t admin;       /* accepted on admin_listen */
     int64_t deadline;    /* ms: request, close or linger timeout; 0 none */
     int64_t last_rx;     /* ms of the last byte received */
@@ -752,45 +681,18 @@ static const char *const authf_names[AUTHF_N] = { "token", "jwt", "grant", "orig
 enum rstate { R_WAIT, R_CONNECTING, R_IDENTIFY, R_SET, R_SLOTINFO,
               R_CREATE, R_START, R_STREAMING, R_STOPPING };
 
-typedef struct server {
-    config cfg;
-    const char *config_path;
-    int listen_fd;
-    int admin_fd;            /* admin_listen, or -1 */
-    int sigpipe[2];
-    volatile int stop;
-    int64_t now;
+/* The catalog connection: down, connecting, idle (ready), busy (a query is out). */
+enum cat_state { CAT_DOWN, CAT_CONNECTING, CAT_IDLE, CAT_BUSY };
 
-    /* poll arrays: 0 listen, 1 self-pipe, 2 replication, 3 catalog, then clients */
-    struct pollfd *pfd;
-    client **pcl;
-    int npfd, cappfd;
-    unsigned nclients;      /* upgraded WebSocket clients */
-    unsigned nconns;        /* all client connections */
-    uint64_t next_client_id;
-    client *dirty;
+#define NCLASS 6             /* frame pool size classes */
 
-    /* tables and subscriptions */
-    table **tabs;
-    unsigned ntabs_buckets, ntabs;
-
-    /* history: ring of frames by sequence number */
-    frame **hist;
-    size_t hcap, hhead, hn, hbytes;
-    uint64_t hfirst_seq, next_seq;
-    uint64_t floor_lsn;     /* positions before (floor_lsn, floor_idx) -> 410 */
-    uint32_t floor_idx;
-    int floor_known;        /* the slot said where it resumes */
-    uint64_t last_lsn;      /* last position broadcast */
-    uint32_t last_idx;
-    int have_last;
-
-    /* replication */
-    PGconn *repl;
-    int rstate;
-    int64_t rwait_until;
-    int rbackoff;           /* seconds */
-    int repl_ever;
+/* Replication: the connection, its handshake and the stream position. */
+typedef struct repl_state {
+    PGconn *conn;
+    enum rstate state;
+    int64_t wait_until;       /* R_WAIT: reconnect at (ms) */
+    int backoff;              /* seconds */
+    int ever;                 /* streamed at least once */
     char server_version[32];
     char stream[17];          /* /health "stream"; empty until identified */
     int in_recovery;          /* the server is a standby */
@@ -807,40 +709,128 @@ typedef struct server {
     int64_t last_txn_ms;      /* when a B/C last arrived */
     int64_t last_status_ms;
     int reply_now;
-    int repl_more;            /* libpq may hold more messages */
-    int64_t repl_rx_ms;       /* when the stream last said anything */
-    int64_t rattempt_ms;      /* when this connection attempt began */
-    int64_t cat_since;        /* when the catalog connection began waiting */
-    int64_t accept_paused;    /* out of descriptors: accept again after */
-    int64_t stop_deadline;
-
-    /* catalog connection */
-    PGconn *cat;
-    int cstate;               /* 0 down, 1 connecting, 2 idle, 3 busy */
-    int64_t cat_retry;
-    lookup *lk_head, *lk_tail;
-
-    /* json scratch */
+    int more;                 /* libpq may hold more messages */
+    int64_t rx_ms;            /* when the stream last said anything */
+    int64_t attempt_ms;       /* when this connection attempt began */
+    /* wal2json scratch */
     json_tok *toks;
     w2j_col *cols;
     unsigned ntoks, ncols;
+} repl_state;
 
+/* The history: a ring of change frames by sequence number, and the oldest
+ * position a client can resume from. */
+typedef struct hist_state {
+    frame **ring;
+    size_t cap, head, n, bytes;
+    uint64_t first_seq, next_seq;
+    uint64_t floor_lsn;     /* positions before (floor_lsn, floor_idx) -> 410 */
+    uint32_t floor_idx;
+    int floor_known;        /* the slot said where it resumes */
+    uint64_t last_lsn;      /* last position broadcast */
+    uint32_t last_idx;
+    int have_last;
+} hist_state;
+
+/* The ordinary connection that asks whether a table exists. */
+typedef struct cat_conn {
+    PGconn *conn;
+    enum cat_state state;
+    int64_t retry;            /* CAT_DOWN: connect again at (ms) */
+    int64_t since;            /* when it began waiting (connecting or busy) */
+    lookup *lk_head, *lk_tail;
+} cat_conn;
+
+/* The listening socket and the client connections. */
+typedef struct http_state {
+    int listen_fd;
+    int admin_fd;             /* admin_listen, or -1 */
+    int64_t accept_paused;    /* out of descriptors: accept again after */
+    int64_t emfile_logged;    /* when that was last logged */
+    unsigned nclients;        /* upgraded WebSocket clients */
+    unsigned nconns;          /* all client connections */
+    uint64_t next_client_id;
+    client *dirty;            /* clients with bytes to write */
+    client *graveyard;        /* closed this iteration, freed at its end */
     /* connections whose request is not complete yet, oldest first, and
      * how many each peer address holds (chained hash of peer_count) */
     client *wait_head, *wait_tail;
     unsigned nwaiting;
     struct peer_count *peers[256];
-    uint64_t m_shed;
     uint64_t shed_unlogged;   /* shed since the last log line about it */
     int64_t shed_logged;
+    uint8_t rbuf[65536];      /* read buffer for upgraded clients */
+} http_state;
 
-    /* metrics */
-    uint64_t m_auth_fail[AUTHF_N];
-    uint64_t m_changes, m_frames, m_bytes, m_drop_slow, m_drop_proto,
-             m_drop_timeout, m_reconnects, m_resumes, m_skipped;
+/* Counters behind /metrics. */
+typedef struct counters {
+    uint64_t changes, frames, bytes, drop_slow, drop_proto, drop_timeout,
+             reconnects, resumes, skipped, shed;
+    uint64_t auth_fail[AUTHF_N];
+} counters;
+
+typedef struct server {
+    config cfg;
+    const char *config_path;
+    int log_level;            /* L_* */
+    int sigpipe[2];
+    volatile int stop;
+    int64_t now;
+    int64_t stop_deadline;
+
+    /* poll arrays: 0 listen, 1 self-pipe, 2 replication, 3 catalog, then clients */
+    struct pollfd *pfd;
+    client **pcl;
+    int npfd, cappfd;
+
+    /* tables and subscriptions */
+    table **tabs;
+    unsigned ntabs_buckets, ntabs;
+    char *mbuf;               /* matcher scratch (spec_match) */
+    size_t mcap;
+
+    /* frame pool: free lists per size class */
+    frame *pool[NCLASS];
+    size_t pool_n[NCLASS];
+
+    http_state http;
+    hist_state hist;
+    repl_state repl;
+    cat_conn cat;
+    counters count;
 } server;
 
-static server S;
+static server S = { .log_level = L_INFO };
+
+/* One line on stderr: UTC time, level, message (defined here, after S,
+ * whose log_level it reads). */
+static void logf_(int level, const char *fmt, ...)
+{
+    static const char *names[] = { "error", "warn", "info", "debug" };
+    char line[1024], out[4096];
+    struct timespec ts;
+    struct tm tm;
+    va_list ap;
+    int n;
+
+    if (level > S.log_level)
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L, names[level]);
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    /* libpq's messages end with a newline: drop trailing blanks */
+    size_t len = strlen(line);
+    while (len > (size_t)n && (line[len - 1] == '\n' || line[len - 1] == ' '))
+        len--;
+    log_escape(line, len, out, sizeof out);
+    fprintf(stderr, "%s\n", out);
+}
+
 
 static void waiting_del(client *c);
 
@@ -866,11 +856,8 @@ static int pos_cmp(uint64_t al, uint32_t ai, uint64_t bl, uint32_t bi)
 
 /* Frames come from per-size free lists so that the hot path does not call
  * malloc for each change; each list keeps at most POOL_KEEP bytes. */
-#define NCLASS 6
 #define POOL_KEEP (1u << 20)
 static const size_t class_size[NCLASS] = { 256, 512, 1024, 2048, 4096, 8192 };
-static frame *free_frames[NCLASS];
-static size_t pool_count[NCLASS];
 
 static frame *frame_new(size_t len)
 {
@@ -879,10 +866,10 @@ static frame *frame_new(size_t len)
     int cls;
     for (cls = 0; cls < NCLASS && class_size[cls] < need; cls++)
         ;
-    if (cls < NCLASS && free_frames[cls]) {
-        f = free_frames[cls];
-        free_frames[cls] = *(frame **)f->data;
-        pool_count[cls]--;
+    if (cls < NCLASS && S.pool[cls]) {
+        f = S.pool[cls];
+        S.pool[cls] = *(frame **)f->data;
+        S.pool_n[cls]--;
     } else {
         f = xmalloc(cls < NCLASS ? class_size[cls] : need);
     }
@@ -902,10 +889,10 @@ static void frame_unref(frame *f)
 {
     if (--f->refs)
         return;
-    if (f->cls < NCLASS && (pool_count[f->cls] + 1) * class_size[f->cls] <= POOL_KEEP) {
-        *(frame **)f->data = free_frames[f->cls];
-        free_frames[f->cls] = f;
-        pool_count[f->cls]++;
+    if (f->cls < NCLASS && (S.pool_n[f->cls] + 1) * class_size[f->cls] <= POOL_KEEP) {
+        *(frame **)f->data = S.pool[f->cls];
+        S.pool[f->cls] = f;
+        S.pool_n[f->cls]++;
     } else {
         free(f);
     }
@@ -926,22 +913,22 @@ static frame *frame_ws(int opcode, const void *payload, size_t n)
 
 static frame *hist_at(uint64_t seq)
 {
-    if (seq < S.hfirst_seq || seq >= S.hfirst_seq + S.hn)
+    if (seq < S.hist.first_seq || seq >= S.hist.first_seq + S.hist.n)
         return NULL;
-    return S.hist[(S.hhead + (seq - S.hfirst_seq)) & (S.hcap - 1)];
+    return S.hist.ring[(S.hist.head + (seq - S.hist.first_seq)) & (S.hist.cap - 1)];
 }
 
 static void hist_evict(void)
 {
-    frame *f = S.hist[S.hhead];
-    S.hhead = (S.hhead + 1) & (S.hcap - 1);
-    S.hn--;
-    S.hfirst_seq++;
-    S.hbytes -= frame_cost(f);
+    frame *f = S.hist.ring[S.hist.head];
+    S.hist.head = (S.hist.head + 1) & (S.hist.cap - 1);
+    S.hist.n--;
+    S.hist.first_seq++;
+    S.hist.bytes -= frame_cost(f);
     /* whoever saw the evicted change can still resume; before it, not */
-    if (pos_cmp(f->lsn, f->idx, S.floor_lsn, S.floor_idx) > 0) {
-        S.floor_lsn = f->lsn;
-        S.floor_idx = f->idx;
+    if (pos_cmp(f->lsn, f->idx, S.hist.floor_lsn, S.hist.floor_idx) > 0) {
+        S.hist.floor_lsn = f->lsn;
+        S.hist.floor_idx = f->idx;
     }
     frame_unref(f);
 }
@@ -949,722 +936,47 @@ static void hist_evict(void)
 /* Keeps f (takes a reference) and gives it the next sequence number. */
 static void hist_push(frame *f)
 {
-    f->seq = S.next_seq++;
+    f->seq = S.hist.next_seq++;
     if (!S.cfg.history) {
-        S.hfirst_seq = S.next_seq;
-        S.floor_lsn = f->lsn;
-        S.floor_idx = f->idx;
+        S.hist.first_seq = S.hist.next_seq;
+        S.hist.floor_lsn = f->lsn;
+        S.hist.floor_idx = f->idx;
         return;
     }
-    if (S.hn == S.hcap) {
-        size_t ncap = S.hcap ? S.hcap * 2 : 1024;
+    if (S.hist.n == S.hist.cap) {
+        size_t ncap = S.hist.cap ? S.hist.cap * 2 : 1024;
         frame **nh = xmalloc(ncap * sizeof *nh);
-        for (size_t i = 0; i < S.hn; i++)
-            nh[i] = S.hist[(S.hhead + i) & (S.hcap - 1)];
-        free(S.hist);
-        S.hist = nh;
-        S.hcap = ncap;
-        S.hhead = 0;
+        for (size_t i = 0; i < S.hist.n; i++)
+            nh[i] = S.hist.ring[(S.hist.head + i) & (S.hist.cap - 1)];
+        free(S.hist.ring);
+        S.hist.ring = nh;
+        S.hist.cap = ncap;
+        S.hist.head = 0;
     }
     f->refs++;
-    S.hist[(S.hhead + S.hn) & (S.hcap - 1)] = f;
-    S.hn++;
-    S.hbytes += frame_cost(f);
-    while (S.hbytes > S.cfg.history && S.hn > 0)
+    S.hist.ring[(S.hist.head + S.hist.n) & (S.hist.cap - 1)] = f;
+    S.hist.n++;
+    S.hist.bytes += frame_cost(f);
+    while (S.hist.bytes > S.cfg.history && S.hist.n > 0)
         hist_evict();
 }
 
 /* First history sequence number whose position is after (lsn, idx). */
 static uint64_t hist_after(uint64_t lsn, uint32_t idx)
 {
-    size_t lo = 0, hi = S.hn;
+    size_t lo = 0, hi = S.hist.n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        frame *f = S.hist[(S.hhead + mid) & (S.hcap - 1)];
+        frame *f = S.hist.ring[(S.hist.head + mid) & (S.hist.cap - 1)];
         if (pos_cmp(f->lsn, f->idx, lsn, idx) <= 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return S.hfirst_seq + lo;
+    return S.hist.first_seq + lo;
 }
 
-/* ==== Subscriptions ===================================================== */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) into out (room for n+1), '+' meaning a space.
- * Returns the length, or -1 on a bad escape or a NUL byte. */
-static long pct_decode(const char *s, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            int h, l;
-            if (i + 2 >= n)
-                return -1;
-            h = hexval((unsigned char)s[i + 1]);
-            l = hexval((unsigned char)s[i + 2]);
-            if (h < 0 || l < 0)
-                return -1;
-            c = h * 16 + l;
-            i += 2;
-        } else if (c == '+') {
-            c = ' ';
-        }
-        if (c == 0)
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = 0;
-    return (long)o;
-}
-
-void params_free(ws_params *p)
-{
-    free(p->filters);
-    free(p->buf);
-    memset(p, 0, sizeof *p);
-}
-
-int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t errlen)
-{
-    size_t cnt = 1, o = 0;
-    memset(out, 0, sizeof *out);
-    for (size_t i = 0; i < n; i++)
-        cnt += qs[i] == '&';
-    out->buf = xmalloc(n + 2 * cnt + 1);
-    out->filters = xmalloc(cnt * sizeof *out->filters);
-    while (n) {
-        size_t k = 0;
-        while (k < n && qs[k] != '&')
-            k++;
-        if (k) {
-            const char *eq = memchr(qs, '=', k);
-            size_t nl = eq ? (size_t)(eq - qs) : k;
-            const char *v = eq ? eq + 1 : qs + k;
-            size_t vl = eq ? k - nl - 1 : 0;
-            char *name = out->buf + o;
-            long dn = pct_decode(qs, nl, name);
-            if (dn < 0)
-                goto bad;
-            o += (size_t)dn + 1;
-            char *val = out->buf + o;
-            long dv = pct_decode(v, vl, val);
-            if (dv < 0)
-                goto bad;
-            o += (size_t)dv + 1;
-            char **slot = NULL;
-            if (!strcmp(name, "query")) slot = &out->query;
-            else if (!strcmp(name, "token")) slot = &out->token;
-            else if (!strcmp(name, "since")) slot = &out->since;
-            else if (!strcmp(name, "grant")) slot = &out->grant;
-            else if (!strcmp(name, "filter")) out->filters[out->nfilters++] = val;
-            /* other parameters (cache busters and the like) are ignored */
-            if (slot) {
-                if (*slot) {
-                    snprintf(err, errlen, "parameter \"%s\" given more than once", name);
-                    params_free(out);
-                    return -1;
-                }
-                *slot = val;
-            }
-        }
-        if (k == n)
-            break;
-        qs += k + 1;
-        n -= k + 1;
-    }
-    return 0;
-bad:
-    snprintf(err, errlen, "malformed percent-encoding in the query string");
-    params_free(out);
-    return -1;
-}
-
-/* ---- numbers ---- */
-
-int num_parse(const char *s, size_t n, int lax, decnum *d)
-{
-    size_t i = 0;
-    memset(d, 0, sizeof *d);
-    if (i < n && (s[i] == '-' || (lax && s[i] == '+')))
-        d->neg = s[i++] == '-';
-    size_t is = i;
-    while (i < n && s[i] >= '0' && s[i] <= '9')
-        i++;
-    size_t ilen = i - is;
-    if (!lax && (ilen == 0 || (ilen > 1 && s[is] == '0')))
-        return -1;
-    d->ip = s + is;
-    d->in = ilen;
-    while (d->in && *d->ip == '0') {
-        d->ip++;
-        d->in--;
-    }
-    if (i < n && s[i] == '.') {
-        i++;
-        size_t fs = i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        d->fp = s + fs;
-        d->fn = i - fs;
-        if (d->fn == 0 && (!lax || ilen == 0))
-            return -1;
-    } else {
-        d->fp = s + i;
-    }
-    if (ilen == 0 && d->fn == 0)
-        return -1;
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        int eneg = 0;
-        long e = 0;
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            eneg = s[i++] == '-';
-        if (i == n || s[i] < '0' || s[i] > '9')
-            return -1;
-        while (i < n && s[i] >= '0' && s[i] <= '9') {
-            if (e < 1000000000L)
-                e = e * 10 + (s[i] - '0');
-            i++;
-        }
-        d->exp = eneg ? -e : e;
-    }
-    if (i != n)
-        return -1;
-    /* trailing zeros of the fraction do not change the value */
-    while (d->fn && d->fp[d->fn - 1] == '0')
-        d->fn--;
-    return 0;
-}
-
-/* Digit k (0 = most significant) of the significant digits, '0' past the end. */
-static char num_digit(const decnum *d, size_t skip, size_t k)
-{
-    k += skip;
-    if (k < d->in)
-        return d->ip[k];
-    k -= d->in;
-    return k < d->fn ? d->fp[k] : '0';
-}
-
-/* Significant digits: count, leading fraction zeros to skip, and the decimal
- * exponent of the first significant digit.  Returns 0 for zero. */
-static size_t num_sig(const decnum *d, size_t *skip, long *top)
-{
-    size_t lead = 0;
-    if (d->in) {
-        *skip = 0;
-        *top = (long)d->in - 1 + d->exp;
-        return d->in + d->fn;
-    }
-    while (lead < d->fn && d->fp[lead] == '0')
-        lead++;
-    if (lead == d->fn)
-        return 0;
-    *skip = lead;
-    *top = -(long)lead - 1 + d->exp;
-    return d->fn - lead;
-}
-
-int num_cmp(const decnum *a, const decnum *b)
-{
-    size_t askip = 0, bskip = 0;
-    long atop = 0, btop = 0;
-    size_t an = num_sig(a, &askip, &atop), bn = num_sig(b, &bskip, &btop);
-    int asign = an ? (a->neg ? -1 : 1) : 0;
-    int bsign = bn ? (b->neg ? -1 : 1) : 0;
-    if (asign != bsign)
-        return asign < bsign ? -1 : 1;
-    if (!asign)
-        return 0;
-    int mag;
-    if (atop != btop) {
-        mag = atop < btop ? -1 : 1;
-    } else {
-        size_t m = an > bn ? an : bn;
-        mag = 0;
-        for (size_t k = 0; k < m && !mag; k++) {
-            char x = num_digit(a, askip, k), y = num_digit(b, bskip, k);
-            if (x != y)
-                mag = x < y ? -1 : 1;
-        }
-    }
-    return asign < 0 ? -mag : mag;
-}
-
-/* ---- positions and the tables allow-list ---- */
-
-int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx)
-{
-    const char *colon = NULL;
-    for (size_t i = n; i > 0; i--)
-        if (s[i - 1] == ':') {
-            colon = s + i - 1;
-            break;
-        }
-    if (!colon || lsn_parse(s, (size_t)(colon - s), lsn))
-        return -1;
-    size_t dn = n - (size_t)(colon - s) - 1;
-    uint64_t v = 0;
-    if (dn == 0 || dn > 10)
-        return -1;
-    for (size_t i = 0; i < dn; i++) {
-        char c = colon[1 + i];
-        if (c < '0' || c > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(c - '0');
-    }
-    if (v > UINT32_MAX)
-        return -1;
-    *idx = (uint32_t)v;
-    return 0;
-}
-
-/* One part of an add-tables element, with backslash escapes: matches name? */
-static int w2j_part_match(const char *p, size_t n, const char *name)
-{
-    if (n == 1 && p[0] == '*')
-        return 1;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '\\' && i + 1 < n)
-            c = p[++i];
-        if (name[j] != c)
-            return 0;
-        j++;
-    }
-    return name[j] == 0;
-}
-
-int tables_allow(const char *list, const char *schema, const char *tbl)
-{
-    const char *s = list;
-    if (!list)
-        return 1;
-    for (;;) {
-        size_t i = 0, dot = (size_t)-1;
-        while (s[i] && s[i] != ',') {
-            if (s[i] == '\\' && s[i + 1]) {
-                i += 2;
-                continue;
-            }
-            if (s[i] == '.' && dot == (size_t)-1)
-                dot = i;
-            i++;
-        }
-        size_t n = i;
-        const char *e = trim(s, &n);
-        if (dot != (size_t)-1) {
-            size_t d = dot - (size_t)(e - s);
-            if (w2j_part_match(e, d, schema) && w2j_part_match(e + d + 1, n - d - 1, tbl))
-                return 1;
-        } else if (n && w2j_part_match(e, n, tbl) && !strcmp(schema, "public")) {
-            return 1;   /* an unqualified name means public, as in SQL */
-        }
-        if (!s[i])
-            return 0;
-        s += i + 1;
-    }
-}
-
-/* ---- parsing a subscription ---- */
-
-/* A bump allocator over the spec's single block. */
-typedef struct arena {
-    char *p;
-    size_t used, cap;
-} arena;
-
-static void *arena_get(arena *a, size_t n)
-{
-    size_t at = (a->used + 7) & ~(size_t)7;
-    if (at + n > a->cap)
-        return NULL;   /* cannot happen: the block is sized for the worst case */
-    a->used = at + n;
-    return a->p + at;
-}
-
-static char *arena_str(arena *a, const char *s, size_t n)
-{
-    char *d = arena_get(a, n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
-/* Reads a name that may be double-quoted ("" inside quotes is a quote),
- * ending at stop or at the end.  Returns the bytes consumed or -1. */
-static long read_name(const char *s, size_t n, char stop, char *out, size_t *outn)
-{
-    size_t i = 0, o = 0;
-    if (n && s[0] == '"') {
-        for (i = 1; i < n; i++) {
-            if (s[i] == '"') {
-                if (i + 1 < n && s[i + 1] == '"') {
-                    out[o++] = '"';
-                    i++;
-                    continue;
-                }
-                i++;
-                if (i < n && s[i] != stop)
-                    return -1;
-                *outn = o;
-                return (long)i;
-            }
-            out[o++] = s[i];
-        }
-        return -1;   /* no closing quote */
-    }
-    while (i < n && s[i] != stop)
-        out[o++] = s[i++];
-    *outn = o;
-    return (long)i;
-}
-
-static int parse_types(const char *s, size_t n, uint8_t *types)
-{
-    *types = 0;
-    if (n == 0)
-        return -1;
-    for (;;) {
-        size_t k = 0;
-        while (k < n && s[k] != ',')
-            k++;
-        size_t tn = k;
-        const char *t = trim(s, &tn);
-        if (ieq(t, tn, "*")) *types |= SUB_ALL;
-        else if (ieq(t, tn, "insert")) *types |= SUB_INSERT;
-        else if (ieq(t, tn, "update")) *types |= SUB_UPDATE;
-        else if (ieq(t, tn, "delete")) *types |= SUB_DELETE;
-        else if (ieq(t, tn, "truncate")) *types |= SUB_TRUNCATE;
-        else return -1;
-        if (k == n)
-            return 0;
-        s += k + 1;
-        n -= k + 1;
-    }
-}
-
-/* Splits an in-list into values; elements may be double-quoted with \" and
- * \\ escapes.  Returns the count, or -1. */
-static int parse_in_list(arena *a, const char *s, size_t n, fval *vals, unsigned max)
-{
-    unsigned cnt = 0;
-    if (n >= 1 && s[0] == '(') {
-        if (n < 2 || s[n - 1] != ')')
-            return -1;   /* "(a,b" */
-        s++;
-        n -= 2;
-    }
-    if (n == 0)
-        return -1;
-    /* every element's bytes plus its NUL fit in n + max bytes */
-    char *pool = arena_get(a, n + max + 1);
-    size_t used = 0, i = 0;
-    if (!pool)
-        return -1;
-    for (;;) {
-        char *buf = pool + used;
-        size_t o = 0;
-        if (cnt == max)
-            return -1;
-        if (i < n && s[i] == '"') {
-            for (i++; i < n && s[i] != '"'; i++) {
-                if (s[i] == '\\' && i + 1 < n && (s[i + 1] == '"' || s[i + 1] == '\\'))
-                    i++;
-                buf[o++] = s[i];
-            }
-            if (i == n)
-                return -1;   /* unterminated quote */
-            i++;
-            if (i < n && s[i] != ',')
-                return -1;
-        } else {
-            while (i < n && s[i] != ',')
-                buf[o++] = s[i++];
-        }
-        buf[o] = 0;
-        used += o + 1;
-        vals[cnt].s = buf;
-        vals[cnt].n = o;
-        vals[cnt].isnum = num_parse(buf, o, 1, &vals[cnt].num) == 0;
-        cnt++;
-        if (i == n)
-            return (int)cnt;
-        i++;   /* the comma */
-    }
-}
-
-static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filter *f)
-{
-    size_t n = strlen(s), cn = 0;
-    char *col = arena_get(a, n + 1);
-    long used = col ? read_name(s, n, '.', col, &cn) : -1;
-    memset(f, 0, sizeof *f);
-    f->text = arena_str(a, s, n);
-    if (!col || !f->text) {
-        snprintf(err, errlen, "query too long");
-        return -1;
-    }
-    if (used < 0 || (size_t)used >= n || cn == 0) {
-        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
-        return -1;
-    }
-    col[cn] = 0;
-    f->col = col;
-    f->col_len = cn;
-    const char *op = s + used + 1;
-    const char *dot = strchr(op, '.');
-    if (!dot) {
-        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
-        return -1;
-    }
-    size_t on = (size_t)(dot - op);
-    const char *val = dot + 1;
-    size_t vn = strlen(val);
-    static const char *ops[] = { "eq", "neq", "lt", "lte", "gt", "gte", "in", "is" };
-    unsigned k;
-    for (k = 0; k < 8; k++)
-        if (strlen(ops[k]) == on && !memcmp(op, ops[k], on))
-            break;
-    if (k == 8) {
-        snprintf(err, errlen, "unknown operator \"%.*s\" in filter \"%s\" (expected eq, neq, lt, lte, gt, gte, in or is)",
-                 (int)on, op, s);
-        return -1;
-    }
-    f->op = (uint8_t)k;
-    if (k == OP_IS) {
-        if (!strcmp(val, "null")) f->is = IS_NULL;
-        else if (!strcmp(val, "true")) f->is = IS_TRUE;
-        else if (!strcmp(val, "false")) f->is = IS_FALSE;
-        else {
-            snprintf(err, errlen, "bad filter \"%s\": is takes null, true or false", s);
-            return -1;
-        }
-        return 0;
-    }
-    if (k == OP_IN) {
-        unsigned max = (unsigned)vn + 1;
-        f->vals = arena_get(a, max * sizeof(fval));
-        int cnt = f->vals ? parse_in_list(a, val, vn, f->vals, max) : -1;
-        if (cnt < 0) {
-            snprintf(err, errlen, "bad filter \"%s\": in takes (a,b,...) with optional \"quoted\" elements", s);
-            return -1;
-        }
-        f->nvals = (unsigned)cnt;
-        return 0;
-    }
-    f->vals = arena_get(a, sizeof(fval));
-    char *vs = arena_str(a, val, vn);
-    if (!f->vals || !vs) {
-        snprintf(err, errlen, "query too long");
-        return -1;
-    }
-    f->nvals = 1;
-    f->vals[0].s = vs;
-    f->vals[0].n = vn;
-    f->vals[0].isnum = num_parse(f->vals[0].s, vn, 1, &f->vals[0].num) == 0;
-    return 0;
-}
-
-spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
-                 char *err, size_t errlen)
-{
-    size_t total = strlen(query) + 1;
-    for (unsigned i = 0; i < nfilters; i++)
-        total += strlen(filters[i]) + 1;
-    unsigned nf = nfilters + 1;
-    /* worst case: names twice, each filter's text, column and values
-     * (about 4 times its length), the key (twice the text) */
-    size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
-                 8 * total + 64 * nf + 512;
-    arena a = { xmalloc(cap), 0, cap };
-    spec *sp = arena_get(&a, sizeof *sp);
-    memset(sp, 0, sizeof *sp);
-    sp->filters = arena_get(&a, nf * sizeof(filter));
-
-    const char *c1 = strchr(query, ':');
-    if (!*query) {
-        snprintf(err, errlen, "empty query: expected types:table[:filter]");
-        goto fail;
-    }
-    if (!c1) {
-        snprintf(err, errlen, "bad query \"%s\": expected types:table[:filter]", query);
-        goto fail;
-    }
-    if (parse_types(query, (size_t)(c1 - query), &sp->types)) {
-        snprintf(err, errlen, "bad change types \"%.*s\": expected a comma list of insert, update, delete, truncate, or *",
-                 (int)(c1 - query), query);
-        goto fail;
-    }
-    const char *tstart = c1 + 1;
-    const char *c2 = strchr(tstart, ':');
-    size_t tn = c2 ? (size_t)(c2 - tstart) : strlen(tstart);
-    char *p1 = arena_get(&a, tn + 1), *p2 = arena_get(&a, tn + 1);
-    size_t n1 = 0, n2 = 0;
-    if (!sp->filters || !p1 || !p2) {
-        snprintf(err, errlen, "query too long");
-        goto fail;
-    }
-    long u1 = read_name(tstart, tn, '.', p1, &n1);
-    if (u1 < 0 || n1 == 0) {
-        snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
-        goto fail;
-    }
-    p1[n1] = 0;
-    if ((size_t)u1 < tn) {
-        long u2 = read_name(tstart + u1 + 1, tn - (size_t)u1 - 1, 0, p2, &n2);
-        if (u2 < 0 || n2 == 0 || (size_t)u1 + 1 + (size_t)u2 != tn) {
-            snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
-            goto fail;
-        }
-        p2[n2] = 0;
-        sp->schema = p1;
-        sp->table = p2;
-    } else {
-        sp->schema = arena_str(&a, "public", 6);
-        sp->table = p1;
-    }
-    if (c2) {
-        if (parse_filter(&a, c2 + 1, err, errlen, &sp->filters[sp->nfilters]))
-            goto fail;
-        sp->nfilters++;
-    }
-    for (unsigned i = 0; i < nfilters; i++) {
-        if (parse_filter(&a, filters[i], err, errlen, &sp->filters[sp->nfilters]))
-            goto fail;
-        sp->nfilters++;
-    }
-    /* canonical key: length-prefixed parts, so no two specs can collide */
-    sbuf k = { 0 };
-    sb_printf(&k, "%u|%zu:%s|%zu:%s", sp->types, strlen(sp->schema), sp->schema,
-              strlen(sp->table), sp->table);
-    for (unsigned i = 0; i < sp->nfilters; i++)
-        sb_printf(&k, "|%zu:%s", strlen(sp->filters[i].text), sp->filters[i].text);
-    sp->key = arena_str(&a, k.p, k.n);
-    free(k.p);
-    if (!sp->key) {
-        snprintf(err, errlen, "query too long");
-        goto fail;
-    }
-    return sp;
-fail:
-    free(a.p);
-    return NULL;
-}
-
-/* ---- matching a change ---- */
-
-static const w2j_col *find_col(const w2j_col *cols, unsigned n, const filter *f)
-{
-    for (unsigned i = 0; i < n; i++)
-        if (json_str_eq(cols[i].name, f->col, f->col_len))
-            return &cols[i];
-    return NULL;
-}
-
-static char *scratch;
-static size_t scratch_cap;
-
-/* Compares a column's value with a filter value: <0, 0, >0. */
-static int value_cmp(const w2j_col *c, const fval *v)
-{
-    const char *t = c->value.p;
-    size_t tn = c->value.n;
-    if (c->vtype == JSON_NUMBER && v->isnum) {
-        decnum d;
-        if (num_parse(t, tn, 0, &d) == 0)
-            return num_cmp(&d, &v->num);
-    }
-    if (c->vtype == JSON_STRING && memchr(t, '\\', tn)) {
-        if (scratch_cap < tn + 1) {
-            scratch_cap = tn + 1;
-            scratch = xrealloc(scratch, scratch_cap);
-        }
-        long un = json_unescape(t, tn, scratch, scratch_cap);
-        if (un < 0)
-            return 1;   /* cannot happen for what the tokenizer accepted */
-        t = scratch;
-        tn = (size_t)un;
-    }
-    size_t m = tn < v->n ? tn : v->n;
-    int r = memcmp(t, v->s, m);
-    if (r)
-        return r;
-    return tn < v->n ? -1 : tn > v->n;
-}
-
-static int filter_eval(const filter *f, const w2j_col *c)
-{
-    if (!c)
-        return 0;
-    if (f->op == OP_IS)
-        return (f->is == IS_NULL && c->vtype == JSON_NULL) ||
-               (f->is == IS_TRUE && c->vtype == JSON_TRUE) ||
-               (f->is == IS_FALSE && c->vtype == JSON_FALSE);
-    if (c->vtype == JSON_NULL || c->vtype == JSON_NONE)
-        return 0;
-    if (f->op == OP_IN) {
-        for (unsigned i = 0; i < f->nvals; i++)
-            if (value_cmp(c, &f->vals[i]) == 0)
-                return 1;
-        return 0;
-    }
-    int r = value_cmp(c, &f->vals[0]);
-    switch (f->op) {
-    case OP_EQ: return r == 0;
-    case OP_NEQ: return r != 0;
-    case OP_LT: return r < 0;
-    case OP_LTE: return r <= 0;
-    case OP_GT: return r > 0;
-    default: return r >= 0;
-    }
-}
-
-static uint8_t action_bit(char a)
-{
-    switch (a) {
-    case 'I': return SUB_INSERT;
-    case 'U': return SUB_UPDATE;
-    case 'D': return SUB_DELETE;
-    case 'T': return SUB_TRUNCATE;
-    default: return 0;
-    }
-}
-
-int spec_match(const spec *s, const w2j_record *r)
-{
-    uint8_t bit = action_bit(r->action);
-    if (!(s->types & bit))
-        return 0;
-    if (bit == SUB_TRUNCATE)
-        return 1;
-    for (unsigned i = 0; i < s->nfilters; i++) {
-        const filter *f = &s->filters[i];
-        const w2j_col *c = NULL;
-        if (bit != SUB_DELETE)
-            c = find_col(r->cols, r->ncols, f);
-        if (!c && bit != SUB_INSERT)   /* update: unchanged TOAST; delete: old key */
-            c = find_col(r->cols + r->ncols, r->nident, f);
-        if (!filter_eval(f, c))
-            return 0;
-    }
-    return 1;
-}
-
-/* ---- tables and groups ---- */
+/* ==== Tables and groups ================================================= */
 
 static uint32_t name_hash(const char *s, size_t sn, const char *t, size_t tn)
 {
@@ -1785,7 +1097,6 @@ static void group_leave(client *c)
 #define SLOT_ADMIN 4
 #define SLOT_FIRST 5
 
-static client *graveyard;    /* closed this iteration, freed at its end */
 
 static void set_events(client *c)
 {
@@ -1803,8 +1114,8 @@ static void mark_dirty(client *c)
 {
     if (!c->dirty && c->fd >= 0) {
         c->dirty = 1;
-        c->dnext = S.dirty;
-        S.dirty = c;
+        c->dnext = S.http.dirty;
+        S.http.dirty = c;
     }
 }
 
@@ -1883,7 +1194,7 @@ static void client_queue(client *c, frame *f)
     if (f->change && c->qn && c->qbytes + f->len > S.cfg.max_queue) {
         log_info("client %llu %s: dropped as a slow consumer (%zu bytes queued)",
                  (unsigned long long)c->id, c->addr, c->qbytes);
-        S.m_drop_slow++;
+        S.count.drop_slow++;
         client_ws_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", 1);
         return;
     }
@@ -1911,7 +1222,7 @@ static void client_close(client *c)
     if (c->fd < 0)
         return;
     if (c->counted)
-        S.nclients--;
+        S.http.nclients--;
     waiting_del(c);
     group_leave(c);
     close(c->fd);
@@ -1924,18 +1235,18 @@ static void client_close(client *c)
         S.pcl[c->slot]->slot = c->slot;
     }
     S.npfd--;
-    S.nconns--;
+    S.http.nconns--;
     /* it may still be on the dirty list: flush_dirty skips it, and its
      * memory lasts until graveyard_free, which runs after flush_dirty */
-    c->gnext = graveyard;   /* out of its group now: reuse the link */
-    graveyard = c;
+    c->gnext = S.http.graveyard;   /* out of its group now: reuse the link */
+    S.http.graveyard = c;
 }
 
 static void graveyard_free(void)
 {
-    while (graveyard) {
-        client *c = graveyard;
-        graveyard = c->gnext;
+    while (S.http.graveyard) {
+        client *c = S.http.graveyard;
+        S.http.graveyard = c->gnext;
         c->gnext = NULL;
         client_free_mem(c);
     }
@@ -1961,7 +1272,7 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
     group_leave(c);
     if (c->counted) {   /* closing: no longer a client, nor a max_clients place */
         c->counted = 0;
-        S.nclients--;
+        S.http.nclients--;
     }
     c->close_after = (uint8_t)(!wait_reply || c->got_close);
     /* behind unsent bytes (a slow consumer) the close frame may take a while
@@ -2000,7 +1311,7 @@ static void client_write(client *c)
             client_close(c);
             return;
         }
-        S.m_bytes += (uint64_t)w;
+        S.count.bytes += (uint64_t)w;
         size_t left = (size_t)w;
         while (left) {
             frame *f = c->q[c->qhead];
@@ -2015,7 +1326,7 @@ static void client_write(client *c)
             c->qn--;
             c->qbytes -= q_cost(f);
             if (f->change)
-                S.m_frames++;
+                S.count.frames++;
             frame_unref(f);
         }
         if (c->replaying && c->qbytes < S.cfg.max_queue / 4)
@@ -2052,9 +1363,9 @@ static void client_write(client *c)
 
 static void flush_dirty(void)
 {
-    while (S.dirty) {
-        client *c = S.dirty;
-        S.dirty = c->dnext;
+    while (S.http.dirty) {
+        client *c = S.http.dirty;
+        S.http.dirty = c->dnext;
         c->dirty = 0;
         c->dnext = NULL;
         if (c->fd >= 0 && !c->pollout)
@@ -2063,6 +1374,16 @@ static void flush_dirty(void)
 }
 
 /* Matches a history frame against the client's subscription. */
+/* Scratch for spec_match, room for a record of len bytes. */
+static char *match_scratch(size_t len)
+{
+    if (S.mcap < len + 1) {
+        S.mcap = len + 1;
+        S.mbuf = xrealloc(S.mbuf, S.mcap);
+    }
+    return S.mbuf;
+}
+
 static int frame_matches(client *c, frame *f)
 {
     const spec *sp = c->grp->sp;
@@ -2071,10 +1392,10 @@ static int frame_matches(client *c, frame *f)
     if (!sp->nfilters || f->types == SUB_TRUNCATE)
         return 1;
     w2j_record r;
-    if (w2j_parse((const char *)f->data + f->hdr, f->len - f->hdr, S.toks, S.ntoks,
-                  S.cols, S.ncols, &r) != JSON_OK)
+    if (w2j_parse((const char *)f->data + f->hdr, f->len - f->hdr, S.repl.toks, S.repl.ntoks,
+                  S.repl.cols, S.repl.ncols, &r) != JSON_OK)
         return 0;
-    return spec_match(sp, &r);
+    return spec_match(sp, &r, match_scratch(f->len), S.mcap);
 }
 
 /* Catching up: queues the history after the client's cursor, a part at a
@@ -2086,7 +1407,7 @@ static void replay_fill(client *c)
     if (!c->grp)
         return;
     while (c->replaying && c->qbytes < budget && scan-- > 0) {
-        if (c->cursor >= S.next_seq) {
+        if (c->cursor >= S.hist.next_seq) {
             c->replaying = 0;
             log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
             break;
@@ -2095,7 +1416,7 @@ static void replay_fill(client *c)
         if (!f) {
             log_info("client %llu %s: fell behind the history while resuming", (unsigned long long)c->id,
                      c->addr);
-            S.m_drop_slow++;
+            S.count.drop_slow++;
             client_ws_close(c, WS_CLOSE_TRY_AGAIN, "fell behind the history", 1);
             return;
         }
@@ -2119,7 +1440,7 @@ static void client_ws_input(client *c, uint8_t *buf, size_t n)
             if (c->qbytes > S.cfg.max_queue) {   /* pings, never reading pongs */
                 log_info("client %llu %s: dropped as a slow consumer (pongs not read)",
                          (unsigned long long)c->id, c->addr);
-                S.m_drop_slow++;
+                S.count.drop_slow++;
                 client_ws_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", 0);
                 c->got_close = 1;
                 return;
@@ -2141,7 +1462,7 @@ static void client_ws_input(client *c, uint8_t *buf, size_t n)
             return;
         case WS_EV_ERROR:
             log_info("client %llu %s: protocol error, closing with %u", (unsigned long long)c->id, c->addr, code);
-            S.m_drop_proto++;
+            S.count.drop_proto++;
             if (c->sent_close) {
                 client_close(c);
                 return;
@@ -2160,104 +1481,6 @@ static void client_ws_input(client *c, uint8_t *buf, size_t n)
 
 #include "web/demo.h"
 #include "web/pgcdc_js.h"
-
-typedef struct http_req {
-    slice method, target, version, path, query;
-    slice key, wsver, origin, auth, xff, inm;
-    int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin;
-    size_t head_len;
-} http_req;
-
-/* Parses a complete request head.  Returns 1 when r is filled, 0 when more
- * bytes are needed, -1 when the head is malformed. */
-static int http_parse(const char *b, size_t n, http_req *r)
-{
-    const char *end = NULL;
-    size_t i;
-    memset(r, 0, sizeof *r);
-    for (i = 0; i + 1 < n; i++) {
-        if (b[i] == '\n' && b[i + 1] == '\n') { end = b + i + 2; break; }
-        if (b[i] == '\n' && b[i + 1] == '\r' && i + 2 < n && b[i + 2] == '\n') { end = b + i + 3; break; }
-    }
-    if (!end)
-        return 0;
-    r->head_len = (size_t)(end - b);
-    const char *p = b, *stop = end;
-    /* request line */
-    const char *eol = memchr(p, '\n', (size_t)(stop - p));
-    size_t ln = (size_t)(eol - p);
-    if (ln && p[ln - 1] == '\r')
-        ln--;
-    const char *sp1 = memchr(p, ' ', ln);
-    if (!sp1 || sp1 == p)
-        return -1;
-    const char *sp2 = memchr(sp1 + 1, ' ', ln - (size_t)(sp1 + 1 - p));
-    if (!sp2 || sp2 == sp1 + 1)
-        return -1;
-    r->method = (slice){ p, (size_t)(sp1 - p) };
-    r->target = (slice){ sp1 + 1, (size_t)(sp2 - sp1 - 1) };
-    r->version = (slice){ sp2 + 1, ln - (size_t)(sp2 + 1 - p) };
-    for (i = 0; i < r->method.n; i++)
-        if (!isupper((unsigned char)r->method.p[i]))
-            return -1;
-    if (r->version.n != 8 || memcmp(r->version.p, "HTTP/1.", 7) ||
-        (r->version.p[7] != '0' && r->version.p[7] != '1'))
-        return -1;
-    if (r->target.p[0] != '/')
-        return -1;
-    for (i = 0; i < r->target.n; i++)
-        if ((unsigned char)r->target.p[i] <= ' ' || r->target.p[i] == 0x7f)
-            return -1;
-    const char *q = memchr(r->target.p, '?', r->target.n);
-    r->path = (slice){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.n };
-    r->query = q ? (slice){ q + 1, r->target.n - r->path.n - 1 } : (slice){ "", 0 };
-    /* header lines */
-    p = eol + 1;
-    while (p < stop) {
-        eol = memchr(p, '\n', (size_t)(stop - p));
-        ln = (size_t)(eol - p);
-        if (ln && p[ln - 1] == '\r')
-            ln--;
-        if (ln == 0)
-            break;
-        if (*p == ' ' || *p == '\t')
-            return -1;   /* obsolete line folding */
-        const char *colon = memchr(p, ':', ln);
-        if (!colon || colon == p)
-            return -1;
-        size_t nn = (size_t)(colon - p);
-        for (i = 0; i < nn; i++)
-            if (!(isalnum((unsigned char)p[i]) || (p[i] && strchr("!#$%&'*+-.^_`|~", p[i]))))
-                return -1;
-        size_t vn = ln - nn - 1;
-        const char *v = trim(colon + 1, &vn);
-        if (ieq(p, nn, "upgrade")) {
-            r->upgrade_any = 1;
-            if (has_token(v, vn, "websocket"))
-                r->upgrade_ws = 1;
-        } else if (ieq(p, nn, "connection")) {
-            if (has_token(v, vn, "upgrade"))
-                r->conn_upgrade = 1;
-        } else if (ieq(p, nn, "sec-websocket-key")) {
-            r->key = (slice){ v, vn };
-            r->nkey++;
-        } else if (ieq(p, nn, "sec-websocket-version")) {
-            r->wsver = (slice){ v, vn };
-            r->nver++;
-        } else if (ieq(p, nn, "origin")) {
-            r->origin = (slice){ v, vn };
-            r->norigin++;
-        } else if (ieq(p, nn, "authorization")) {
-            r->auth = (slice){ v, vn };
-        } else if (ieq(p, nn, "x-forwarded-for")) {
-            r->xff = (slice){ v, vn };
-        } else if (ieq(p, nn, "if-none-match")) {
-            r->inm = (slice){ v, vn };
-        }
-        p = eol + 1;
-    }
-    return 1;
-}
 
 static const char *status_text(int st)
 {
@@ -2279,9 +1502,9 @@ static const char *status_text(int st)
     }
 }
 
-static int http_head_only;   /* answering HEAD: headers only */
-
-/* Queues a complete response and closes the connection after it. */
+/* Queues a complete response and closes the connection after it.  The
+ * answer to a HEAD request has the same headers and no body, whatever the
+ * status. */
 static void http_respond(client *c, int st, const char *extra, const char *ctype,
                          const void *body, size_t blen)
 {
@@ -2289,7 +1512,7 @@ static void http_respond(client *c, int st, const char *extra, const char *ctype
     sb_printf(&b, "HTTP/1.1 %d %s\r\nServer: pgcdc\r\nContent-Type: %s\r\n"
               "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n",
               st, status_text(st), ctype, blen, extra ? extra : "");
-    if (http_head_only)
+    if (c->head)
         blen = 0;
     frame *f = frame_new(b.n + blen);
     memcpy(f->data, b.p, b.n);
@@ -2504,7 +1727,7 @@ static int grant_check(client *c, const spec *sp)
     int st = grant_verify(S.cfg.grant_secret, strlen(S.cfg.grant_secret), c->pend->prm.grant, sp,
                           (int64_t)time(NULL), &exp, err, sizeof err);
     if (st) {
-        S.m_auth_fail[AUTHF_GRANT]++;
+        S.count.auth_fail[AUTHF_GRANT]++;
         http_error(c, st, NULL, "%s", err);
         return -1;
     }
@@ -2529,18 +1752,18 @@ static void upgrade_finish(client *c)
                        pd->prm.since);
             return;
         }
-        if (!S.floor_known) {
+        if (!S.hist.floor_known) {
             http_error(c, 503, "Retry-After: 1\r\n",
                        "replication is starting: cannot tell yet whether position %s can be served; retry", pd->prm.since);
             return;
         }
-        if (pos_cmp(slsn, sidx, S.floor_lsn, S.floor_idx) < 0) {
+        if (pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
             http_error(c, 410, NULL, "position %s is older than the history this server keeps; reload your data",
                        pd->prm.since);
             return;
         }
     }
-    if (S.nclients >= (unsigned)S.cfg.max_clients) {
+    if (S.http.nclients >= (unsigned)S.cfg.max_clients) {
         http_error(c, 503, "Retry-After: 5\r\n", "too many clients (max_clients = %d)", S.cfg.max_clients);
         return;
     }
@@ -2557,14 +1780,14 @@ static void upgrade_finish(client *c)
              pd->prm.since ? " since " : "", pd->prm.since ? pd->prm.since : "");
     pd->sp = NULL;
     group_join(c, sp, t);
-    S.nclients++;
+    S.http.nclients++;
     c->counted = 1;
     c->state = C_WS;
     c->deadline = 0;
     c->last_rx = c->last_ping = S.now;
     ws_parser_init(&c->wp);
     if (pd->prm.since) {
-        S.m_resumes++;
+        S.count.resumes++;
         c->replaying = 1;
         c->cursor = hist_after(slsn, sidx);
         c->has_since = 1;
@@ -2586,7 +1809,7 @@ static void upgrade_finish(client *c)
 
 /* A file compiled into the binary (the browser client): cacheable for an
  * hour, then revalidated by its entity tag (304 while unchanged). */
-static void serve_asset(client *c, const http_req *r, int head, const void *body, size_t n,
+static void serve_asset(client *c, const http_req *r, const void *body, size_t n,
                         const char *etag, const char *ctype)
 {
     size_t el = strlen(etag);
@@ -2602,7 +1825,7 @@ static void serve_asset(client *c, const http_req *r, int head, const void *body
     if (!fresh)
         sb_printf(&b, "Content-Length: %zu\r\n", n);
     sb_printf(&b, "Cache-Control: public, max-age=3600\r\nETag: %s\r\nConnection: close\r\n\r\n", etag);
-    if (!fresh && !head)
+    if (!fresh && !c->head)
         sb_add(&b, body, n);
     frame *f = frame_new(b.n);
     memcpy(f->data, b.p, b.n);
@@ -2624,6 +1847,7 @@ static void handle_request(client *c, http_req *r)
 {
     sbuf b = { 0 };
     c->head_len = (uint32_t)r->head_len;
+    c->head = r->method.n == 4 && !memcmp(r->method.p, "HEAD", 4);
     client_addr_from_xff(c, r->xff);
     /* with admin_listen, /health and /metrics live there alone (and /ping
      * answers on both, for load balancers) */
@@ -2645,14 +1869,13 @@ static void handle_request(client *c, http_req *r)
         http_error(c, 404, NULL, "not found: %.*s", (int)(r->path.n > 200 ? 200 : r->path.n), r->path.p);
         return;
     }
-    int head = r->method.n == 4 && !memcmp(r->method.p, "HEAD", 4);
-    if (!head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
+    if (!c->head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
         http_error(c, 405, "Allow: GET, HEAD\r\n", "method %.*s not allowed: use GET",
                    (int)(r->method.n > 20 ? 20 : r->method.n), r->method.p);
         return;
     }
     if (r->path.n == 9) {
-        serve_asset(c, r, head, pgcdc_js, sizeof pgcdc_js, pgcdc_js_etag, "text/javascript; charset=utf-8");
+        serve_asset(c, r, pgcdc_js, sizeof pgcdc_js, pgcdc_js_etag, "text/javascript; charset=utf-8");
         return;
     }
     const char *ctype = "text/plain; charset=utf-8";
@@ -2664,7 +1887,7 @@ static void handle_request(client *c, http_req *r)
     case 7:
         health_body(&b);
         ctype = "application/json";
-        st = S.rstate == R_STREAMING ? 200 : 503;
+        st = S.repl.state == R_STREAMING ? 200 : 503;
         break;
     case 8:
         metrics_body(&b);
@@ -2675,15 +1898,13 @@ static void handle_request(client *c, http_req *r)
         ctype = "text/html; charset=utf-8";
         break;
     }
-    http_head_only = head;   /* same headers, no body */
     http_respond(c, st, NULL, ctype, b.p, b.n);
-    http_head_only = 0;
     free(b.p);
 }
 
 static void client_read(client *c)
 {
-    static uint8_t buf[65536];
+    uint8_t *buf = S.http.rbuf;
     if (c->state == C_HTTP) {
         if (c->close_after)
             goto drain;   /* answered already: ignore the rest */
@@ -2717,7 +1938,7 @@ static void client_read(client *c)
         return;
     }
 drain:;
-    ssize_t n = read(c->fd, buf, sizeof buf);
+    ssize_t n = read(c->fd, buf, sizeof S.http.rbuf);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
         if (c->state == C_WS)
             log_info("client %llu %s: disconnected", (unsigned long long)c->id, c->addr);
@@ -2737,47 +1958,47 @@ static void cat_down(const char *why)
 {
     if (why)
         log_warn("catalog connection: %s", why);
-    if (S.cat)
-        PQfinish(S.cat);
-    S.cat = NULL;
-    S.cstate = 0;
+    if (S.cat.conn)
+        PQfinish(S.cat.conn);
+    S.cat.conn = NULL;
+    S.cat.state = CAT_DOWN;
     S.pfd[SLOT_CAT].fd = -1;
-    S.cat_retry = S.now + 1000;
+    S.cat.retry = S.now + 1000;
     /* nobody can be answered now: refuse the waiting upgrades */
-    while (S.lk_head) {
-        lookup *l = S.lk_head;
-        S.lk_head = l->next;
+    while (S.cat.lk_head) {
+        lookup *l = S.cat.lk_head;
+        S.cat.lk_head = l->next;
         if (l->c) {
             l->c->pend->lk = NULL;
             http_error(l->c, 503, "Retry-After: 2\r\n", "cannot check the table: the database is unavailable");
         }
         free(l->schema); free(l->name); free(l);
     }
-    S.lk_tail = NULL;
+    S.cat.lk_tail = NULL;
 }
 
 static void cat_send(void)
 {
-    while (S.lk_head && !S.lk_head->c) {   /* the client went away */
-        lookup *l = S.lk_head;
-        S.lk_head = l->next;
+    while (S.cat.lk_head && !S.cat.lk_head->c) {   /* the client went away */
+        lookup *l = S.cat.lk_head;
+        S.cat.lk_head = l->next;
         free(l->schema); free(l->name); free(l);
     }
-    if (!S.lk_head) {
-        S.lk_tail = NULL;
+    if (!S.cat.lk_head) {
+        S.cat.lk_tail = NULL;
         return;
     }
-    const char *vals[2] = { S.lk_head->schema, S.lk_head->name };
-    if (!PQsendQueryParams(S.cat,
+    const char *vals[2] = { S.cat.lk_head->schema, S.cat.lk_head->name };
+    if (!PQsendQueryParams(S.cat.conn,
             "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             2, NULL, vals, NULL, NULL, 0)) {
-        cat_down(PQerrorMessage(S.cat));
+        cat_down(PQerrorMessage(S.cat.conn));
         return;
     }
-    S.cstate = 3;
-    S.cat_since = S.now;
-    PQflush(S.cat);
+    S.cat.state = CAT_BUSY;
+    S.cat.since = S.now;
+    PQflush(S.cat.conn);
 }
 
 static void lookup_start(client *c, spec *sp)
@@ -2788,70 +2009,70 @@ static void lookup_start(client *c, spec *sp)
     l->name = xstrndup(sp->table, strlen(sp->table));
     l->next = NULL;
     c->pend->lk = l;
-    if (S.lk_tail) S.lk_tail->next = l;
-    else S.lk_head = l;
-    S.lk_tail = l;
-    if (S.cstate == 2)
+    if (S.cat.lk_tail) S.cat.lk_tail->next = l;
+    else S.cat.lk_head = l;
+    S.cat.lk_tail = l;
+    if (S.cat.state == CAT_IDLE)
         cat_send();
-    else if (S.cstate == 0)
+    else if (S.cat.state == CAT_DOWN)
         cat_tick();   /* connect now rather than at the next tick */
 }
 
 static void cat_tick(void)
 {
-    if ((S.cstate == 1 || S.cstate == 3) && S.now - S.cat_since > 10000) {
+    if ((S.cat.state == CAT_CONNECTING || S.cat.state == CAT_BUSY) && S.now - S.cat.since > 10000) {
         cat_down("no answer from the database within 10 s");
         return;
     }
-    if (S.cstate == 0 && S.lk_head && S.now >= S.cat_retry) {
+    if (S.cat.state == CAT_DOWN && S.cat.lk_head && S.now >= S.cat.retry) {
         const char *keys[] = { "dbname", "fallback_application_name", NULL };
         const char *vals[] = { S.cfg.conninfo, "pgcdc", NULL };
-        S.cat = PQconnectStartParams(keys, vals, 1);
-        if (!S.cat || PQstatus(S.cat) == CONNECTION_BAD) {
+        S.cat.conn = PQconnectStartParams(keys, vals, 1);
+        if (!S.cat.conn || PQstatus(S.cat.conn) == CONNECTION_BAD) {
             char m[256];
-            redact_quoted(S.cat ? PQerrorMessage(S.cat) : "out of memory", m, sizeof m);
+            redact_quoted(S.cat.conn ? PQerrorMessage(S.cat.conn) : "out of memory", m, sizeof m);
             cat_down(m);
             return;
         }
-        PQsetnonblocking(S.cat, 1);
-        S.cstate = 1;
-        S.cat_since = S.now;
-        S.pfd[SLOT_CAT].fd = PQsocket(S.cat);
+        PQsetnonblocking(S.cat.conn, 1);
+        S.cat.state = CAT_CONNECTING;
+        S.cat.since = S.now;
+        S.pfd[SLOT_CAT].fd = PQsocket(S.cat.conn);
         S.pfd[SLOT_CAT].events = POLLOUT;
     }
 }
 
 static void cat_event(void)
 {
-    if (S.cstate == 1) {
-        PostgresPollingStatusType ps = PQconnectPoll(S.cat);
-        S.pfd[SLOT_CAT].fd = PQsocket(S.cat);
+    if (S.cat.state == CAT_CONNECTING) {
+        PostgresPollingStatusType ps = PQconnectPoll(S.cat.conn);
+        S.pfd[SLOT_CAT].fd = PQsocket(S.cat.conn);
         if (ps == PGRES_POLLING_READING) S.pfd[SLOT_CAT].events = POLLIN;
         else if (ps == PGRES_POLLING_WRITING) S.pfd[SLOT_CAT].events = POLLOUT;
-        else if (ps == PGRES_POLLING_FAILED) cat_down(PQerrorMessage(S.cat));
+        else if (ps == PGRES_POLLING_FAILED) cat_down(PQerrorMessage(S.cat.conn));
         else {
-            S.cstate = 2;
+            S.cat.state = CAT_IDLE;
             S.pfd[SLOT_CAT].events = POLLIN;
             cat_send();
         }
         return;
     }
-    if (!PQconsumeInput(S.cat)) {
-        cat_down(PQerrorMessage(S.cat));
+    if (!PQconsumeInput(S.cat.conn)) {
+        cat_down(PQerrorMessage(S.cat.conn));
         return;
     }
-    if (PQflush(S.cat) == 1)
+    if (PQflush(S.cat.conn) == 1)
         S.pfd[SLOT_CAT].events = POLLIN | POLLOUT;
     else
         S.pfd[SLOT_CAT].events = POLLIN;
-    while (S.cstate == 3 && !PQisBusy(S.cat)) {
-        PGresult *res = PQgetResult(S.cat);
+    while (S.cat.state == CAT_BUSY && !PQisBusy(S.cat.conn)) {
+        PGresult *res = PQgetResult(S.cat.conn);
         if (!res) {
-            S.cstate = 2;
+            S.cat.state = CAT_IDLE;
             cat_send();
             break;
         }
-        lookup *l = S.lk_head;
+        lookup *l = S.cat.lk_head;
         if (!l) {
             PQclear(res);
             continue;
@@ -2864,9 +2085,9 @@ static void cat_event(void)
         }
         int exists = PQntuples(res) > 0;
         PQclear(res);
-        S.lk_head = l->next;
-        if (!S.lk_head)
-            S.lk_tail = NULL;
+        S.cat.lk_head = l->next;
+        if (!S.cat.lk_head)
+            S.cat.lk_tail = NULL;
         client *c = l->c;
         if (exists) {
             table *t = table_get(l->schema, strlen(l->schema), l->name, strlen(l->name), 1);
@@ -2886,162 +2107,11 @@ static void cat_event(void)
 
 /* ==== Replication ======================================================= */
 
-/* ---- the stream's identity (docs/protocol.md, /health "stream") ---- */
-
-/* wal2json's boolean options and their defaults: a value equal to the
- * default is the same stream as leaving the option out. */
-static const struct {
-    const char *name;
-    char dflt;
-} w2j_bools[] = {
-    { "include-xids", 0 }, { "include-timestamp", 0 }, { "include-schemas", 1 },
-    { "include-types", 1 }, { "include-typmod", 1 }, { "include-type-oids", 0 },
-    { "include-domain-data-type", 0 }, { "include-column-positions", 0 },
-    { "include-origin", 0 }, { "include-not-null", 0 }, { "include-default", 0 },
-    { "include-pk", 0 }, { "numeric-data-types-as-string", 0 }, { "pretty-print", 0 },
-    { "write-in-chunks", 0 }, { "include-lsn", 0 }, { "include-transaction", 1 },
-};
-
-/* PostgreSQL's spellings of a boolean (its parse_bool: a case-insensitive
- * prefix of true/false/yes/no, on, of(f), 1, 0): 1, 0, or -1. */
-static int pg_bool(const char *s, size_t n)
-{
-    static const struct { const char *word; size_t min; int v; } w[] = {
-        { "true", 1, 1 }, { "false", 1, 0 }, { "yes", 1, 1 }, { "no", 1, 0 },
-        { "on", 2, 1 }, { "off", 2, 0 }, { "1", 1, 1 }, { "0", 1, 0 },
-    };
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
-        size_t wn = strlen(w[i].word);
-        if (n >= w[i].min && n <= wn && !strncasecmp(s, w[i].word, n))
-            return w[i].v;
-    }
-    return -1;
-}
-
-static int slice_cmp(const void *a, const void *b)
-{
-    const slice *x = a, *y = b;
-    int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
-    return c ? c : (x->n > y->n) - (x->n < y->n);
-}
-
-/* Splits s at its commas (not at "\," when escapes) into trimmed slices;
- * out has room for one more than the commas in s.  Returns the count. */
-static size_t split_commas(const char *s, int escapes, slice *out)
-{
-    size_t k = 0;
-    for (;;) {
-        size_t i = 0;
-        while (s[i] && s[i] != ',') {
-            if (escapes && s[i] == '\\' && s[i + 1])
-                i++;
-            i++;
-        }
-        size_t n = i;
-        const char *t = trim(s, &n);
-        out[k].p = t;
-        out[k++].n = n;
-        if (!s[i])
-            return k;
-        s += i + 1;
-    }
-}
-
-void stream_id(const char *sysid, const char *dbname, const char *tables,
-               const char *options, char out[17])
-{
-    sbuf b = { 0 };
-    size_t cap = 2;
-    for (const char *p = tables ? tables : ""; *p; p++)
-        cap += *p == ',';
-    for (const char *p = options ? options : ""; *p; p++)
-        cap += *p == ',';
-    slice *v = xmalloc(cap * sizeof *v);
-
-    sb_printf(&b, "pgcdc stream 1\n%zu:%s\n%zu:%s\n", strlen(sysid), sysid, strlen(dbname), dbname);
-
-    /* tables: a set (order and repeats do not matter to wal2json), and
-     * "*.*" is the same as no list at all */
-    size_t n = split_commas(tables ? tables : "*.*", 1, v);
-    qsort(v, n, sizeof *v, slice_cmp);
-    for (size_t i = 0; i < n; i++)
-        if (v[i].n == 3 && !memcmp(v[i].p, "*.*", 3)) {
-            v[0] = v[i];
-            n = 1;
-        }
-    for (size_t i = 0; i < n; i++)
-        if (v[i].n && (i == 0 || slice_cmp(&v[i], &v[i - 1])))
-            sb_printf(&b, "t%zu:%.*s\n", v[i].n, (int)v[i].n, v[i].p);
-
-    /* options: the last of a name wins, as in wal2json; booleans in one
-     * spelling, defaults left out, sorted by name */
-    n = options && *options ? split_commas(options, 0, v) : 0;
-    slice *o = xmalloc(cap * 2 * sizeof *o);
-    size_t no = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *eq = memchr(v[i].p, '=', v[i].n);
-        if (!eq)
-            continue;
-        size_t nn = (size_t)(eq - v[i].p), vn = v[i].n - nn - 1;
-        const char *name = trim(v[i].p, &nn), *val = trim(eq + 1, &vn);
-        int later = 0;
-        for (size_t j = i + 1; j < n && !later; j++) {
-            size_t jn = v[j].n;
-            const char *jeq = memchr(v[j].p, '=', jn);
-            jn = jeq ? (size_t)(jeq - v[j].p) : 0;
-            const char *jname = trim(v[j].p, &jn);
-            later = jeq && jn == nn && !memcmp(jname, name, nn);
-        }
-        if (later)
-            continue;
-        for (size_t j = 0; j < sizeof w2j_bools / sizeof w2j_bools[0]; j++) {
-            int bv = pg_bool(val, vn);
-            if (strlen(w2j_bools[j].name) == nn && !memcmp(w2j_bools[j].name, name, nn) && bv >= 0) {
-                if (bv == w2j_bools[j].dflt)
-                    name = NULL;
-                val = bv ? "1" : "0";
-                vn = 1;
-                break;
-            }
-        }
-        if (!name)
-            continue;
-        o[no].p = name;
-        o[no++].n = nn;
-        o[no].p = val;
-        o[no++].n = vn;
-    }
-    /* sort the (name, value) pairs by name: names are unique now */
-    for (size_t i = 2; i < no; i += 2)
-        for (size_t j = i; j >= 2 && slice_cmp(&o[j - 2], &o[j]) > 0; j -= 2) {
-            slice t0 = o[j - 2], t1 = o[j - 1];
-            o[j - 2] = o[j];
-            o[j - 1] = o[j + 1];
-            o[j] = t0;
-            o[j + 1] = t1;
-        }
-    for (size_t i = 0; i < no; i += 2)
-        sb_printf(&b, "o%zu:%.*s=%zu:%.*s\n", o[i].n, (int)o[i].n, o[i].p, o[i + 1].n,
-                  (int)o[i + 1].n, o[i + 1].p);
-
-    uint8_t h[20];
-    sha1(b.p, b.n, h);
-    for (int i = 0; i < 8; i++) {
-        out[2 * i] = "0123456789abcdef"[h[i] >> 4];
-        out[2 * i + 1] = "0123456789abcdef"[h[i] & 15];
-    }
-    out[16] = 0;
-    free(o);
-    free(v);
-    free(b.p);
-}
-
-
 static const char *rstate_name(void)
 {
-    if (S.rstate == R_STREAMING)
+    if (S.repl.state == R_STREAMING)
         return "streaming";
-    if (S.rstate == R_WAIT)
+    if (S.repl.state == R_WAIT)
         return "down";
     return "connecting";
 }
@@ -3091,7 +2161,7 @@ static const char *explain(const char *sqlstate, const char *msg)
         return "authentication failed: check the user and password in conninfo, PGPASSWORD or ~/.pgpass";
     if (strstr(msg, "pg_hba.conf"))
         return "the server's pg_hba.conf has no entry allowing this replication connection";
-    if (S.in_recovery && (strstr(msg, "invalidated") || strstr(msg, "can no longer get changes")))
+    if (S.repl.in_recovery && (strstr(msg, "invalidated") || strstr(msg, "can no longer get changes")))
         return "the replication slot on this standby was invalidated (the primary removed catalog rows it "
                "needed, or lowered wal_level): give the standby a physical slot on the primary and "
                "hot_standby_feedback = on, then drop the slot so pgcdc can create it anew";
@@ -3109,7 +2179,7 @@ static void repl_teardown(void);
 
 static void repl_fail(const char *what, PGresult *res)
 {
-    const char *msg = res ? PQresultErrorMessage(res) : (S.repl ? PQerrorMessage(S.repl) : "");
+    const char *msg = res ? PQresultErrorMessage(res) : (S.repl.conn ? PQerrorMessage(S.repl.conn) : "");
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     char m[512];
     snprintf(m, sizeof m, "%s", msg && *msg ? msg : "connection lost");
@@ -3117,43 +2187,43 @@ static void repl_fail(const char *what, PGresult *res)
     while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
         m[--n] = 0;
     const char *hint = explain(state, m);
-    if (S.rstate == R_STREAMING)
+    if (S.repl.state == R_STREAMING)
         log_warn("replication: stream ended (%s: %s)%s%s; reconnecting in %d s", what, m,
-                 hint ? ": " : "", hint ? hint : "", S.rbackoff);
+                 hint ? ": " : "", hint ? hint : "", S.repl.backoff);
     else
         log_error("replication: %s failed: %s%s%s; retrying in %d s", what, m, hint ? " -- " : "",
-                  hint ? hint : "", S.rbackoff);
+                  hint ? hint : "", S.repl.backoff);
     repl_teardown();
 }
 
 /* Drops the replication connection and schedules the next attempt. */
 static void repl_teardown(void)
 {
-    if (S.repl)
-        PQfinish(S.repl);
-    S.repl = NULL;
+    if (S.repl.conn)
+        PQfinish(S.repl.conn);
+    S.repl.conn = NULL;
     S.pfd[SLOT_REPL].fd = -1;
-    S.rstate = R_WAIT;
-    S.rwait_until = S.now + (int64_t)S.rbackoff * 1000;
-    S.rbackoff = S.rbackoff * 2 > S.cfg.reconnect_max ? S.cfg.reconnect_max : S.rbackoff * 2;
-    S.in_txn = 0;
-    S.repl_more = 0;
+    S.repl.state = R_WAIT;
+    S.repl.wait_until = S.now + (int64_t)S.repl.backoff * 1000;
+    S.repl.backoff = S.repl.backoff * 2 > S.cfg.reconnect_max ? S.cfg.reconnect_max : S.repl.backoff * 2;
+    S.repl.in_txn = 0;
+    S.repl.more = 0;
 }
 
 static void repl_watch(short events)
 {
-    S.pfd[SLOT_REPL].fd = S.repl ? PQsocket(S.repl) : -1;
+    S.pfd[SLOT_REPL].fd = S.repl.conn ? PQsocket(S.repl.conn) : -1;
     S.pfd[SLOT_REPL].events = events;
 }
 
 static int repl_send(const char *what, const char *cmd)
 {
     log_debug("replication: %s", cmd);
-    if (!PQsendQuery(S.repl, cmd)) {
+    if (!PQsendQuery(S.repl.conn, cmd)) {
         repl_fail(what, NULL);
         return -1;
     }
-    repl_watch(PQflush(S.repl) == 1 ? POLLIN | POLLOUT : POLLIN);
+    repl_watch(PQflush(S.repl.conn) == 1 ? POLLIN | POLLOUT : POLLIN);
     return 0;
 }
 
@@ -3161,23 +2231,23 @@ static void repl_connect(void)
 {
     const char *keys[] = { "dbname", "replication", "fallback_application_name", NULL };
     const char *vals[] = { S.cfg.conninfo, "database", "pgcdc", NULL };
-    S.repl = PQconnectStartParams(keys, vals, 1);
-    if (!S.repl) {
+    S.repl.conn = PQconnectStartParams(keys, vals, 1);
+    if (!S.repl.conn) {
         log_error("replication: out of memory");
         exit(2);
     }
-    if (PQstatus(S.repl) == CONNECTION_BAD) {
+    if (PQstatus(S.repl.conn) == CONNECTION_BAD) {
         /* libpq refused the options themselves: its text may quote them */
         char m[256];
-        redact_quoted(PQerrorMessage(S.repl), m, sizeof m);
-        log_error("replication: cannot use conninfo: %s; retrying in %d s", m, S.rbackoff);
-        S.rstate = R_CONNECTING;
+        redact_quoted(PQerrorMessage(S.repl.conn), m, sizeof m);
+        log_error("replication: cannot use conninfo: %s; retrying in %d s", m, S.repl.backoff);
+        S.repl.state = R_CONNECTING;
         repl_teardown();
         return;
     }
-    PQsetnonblocking(S.repl, 1);
-    S.rstate = R_CONNECTING;
-    S.rattempt_ms = S.now;
+    PQsetnonblocking(S.repl.conn, 1);
+    S.repl.state = R_CONNECTING;
+    S.repl.attempt_ms = S.now;
     repl_watch(POLLOUT);
 }
 
@@ -3224,17 +2294,17 @@ static void start_replication(void)
         s = comma ? comma + 1 : NULL;
     }
     sb_add(&b, ")", 1);
-    S.rstate = R_START;
+    S.repl.state = R_START;
     repl_send("START_REPLICATION", b.p);
     free(b.p);
 }
 
-/* A command's result arrived in state S.rstate. */
+/* A command's result arrived in state S.repl.state. */
 static int repl_result(PGresult *res)
 {
     ExecStatusType st = PQresultStatus(res);
     char cmd[256];
-    switch (S.rstate) {
+    switch (S.repl.state) {
     case R_IDENTIFY:
         if (st != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
             repl_fail("IDENTIFY_SYSTEM", res);
@@ -3242,16 +2312,19 @@ static int repl_result(PGresult *res)
         }
         if (PQgetisnull(res, 0, 3)) {
             log_error("replication: the connection has no database: conninfo must name one (dbname=...); retrying in %d s",
-                      S.rbackoff);
+                      S.repl.backoff);
             repl_teardown();
             return -1;
         }
-        stream_id(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 3), S.cfg.tables, S.cfg.wal2json_options,
-                  S.stream);
+        if (stream_id(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 3), S.cfg.tables, S.cfg.wal2json_options,
+                      S.repl.stream)) {
+            log_error("out of memory computing the stream identity");
+            exit(2);
+        }
         return 0;
     case R_SET:
         if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1) {
-            S.in_recovery = !strcmp(PQgetvalue(res, 0, 0), "t");
+            S.repl.in_recovery = !strcmp(PQgetvalue(res, 0, 0), "t");
             return 0;
         }
         if (st != PGRES_COMMAND_OK) {
@@ -3270,27 +2343,27 @@ static int repl_result(PGresult *res)
             const char *db_ok = PQgetvalue(res, 0, 3);
             if (strcmp(plugin, "wal2json")) {
                 log_error("replication: slot \"%s\" exists with plugin \"%s\", not wal2json; "
-                          "use another slot name or drop it; retrying in %d s", S.cfg.slot, plugin, S.rbackoff);
+                          "use another slot name or drop it; retrying in %d s", S.cfg.slot, plugin, S.repl.backoff);
                 repl_teardown();
                 return -1;
             }
             if (strcmp(db_ok, "t")) {
                 log_error("replication: slot \"%s\" belongs to another database; use another slot name; retrying in %d s",
-                          S.cfg.slot, S.rbackoff);
+                          S.cfg.slot, S.repl.backoff);
                 repl_teardown();
                 return -1;
             }
             if (!strcmp(walst, "lost")) {
                 log_error("replication: slot \"%s\" was invalidated (it exceeded max_slot_wal_keep_size); drop it "
-                          "with SELECT pg_drop_replication_slot('%s'); retrying in %d s", S.cfg.slot, S.cfg.slot, S.rbackoff);
+                          "with SELECT pg_drop_replication_slot('%s'); retrying in %d s", S.cfg.slot, S.cfg.slot, S.repl.backoff);
                 repl_teardown();
                 return -1;
             }
             uint64_t cf = 0;
             if (!PQgetisnull(res, 0, 0))
                 lsn_parse(PQgetvalue(res, 0, 0), strlen(PQgetvalue(res, 0, 0)), &cf);
-            S.slot_confirmed = cf;
-            S.slot_found = 1;
+            S.repl.slot_confirmed = cf;
+            S.repl.slot_found = 1;
         }
         return 0;
     case R_CREATE:
@@ -3298,7 +2371,7 @@ static int repl_result(PGresult *res)
             repl_fail("CREATE_REPLICATION_SLOT", res);
             return -1;
         }
-        lsn_parse(PQgetvalue(res, 0, 1), strlen(PQgetvalue(res, 0, 1)), &S.slot_confirmed);
+        lsn_parse(PQgetvalue(res, 0, 1), strlen(PQgetvalue(res, 0, 1)), &S.repl.slot_confirmed);
         log_info("replication: created %s slot \"%s\" at %s", S.cfg.temporary_slot ? "temporary" : "persistent",
                  S.cfg.slot, PQgetvalue(res, 0, 1));
         return 0;
@@ -3317,32 +2390,32 @@ static int repl_result(PGresult *res)
 static void repl_next(void)
 {
     char cmd[512];
-    switch (S.rstate) {
+    switch (S.repl.state) {
     case R_IDENTIFY:
-        S.rstate = R_SET;
+        S.repl.state = R_SET;
         repl_send("pinning session settings", pin_settings);
         break;
     case R_SET:
-        if (S.in_recovery && PQserverVersion(S.repl) < 160000) {
+        if (S.repl.in_recovery && PQserverVersion(S.repl.conn) < 160000) {
             log_error("replication: the server is a standby (in recovery) running PostgreSQL %s, which cannot "
                       "decode on a standby (PostgreSQL 16 and later can): point conninfo at the primary; "
-                      "retrying in %d s", S.server_version, S.rbackoff);
+                      "retrying in %d s", S.repl.server_version, S.repl.backoff);
             repl_teardown();
             break;
         }
-        if (S.in_recovery)
+        if (S.repl.in_recovery)
             log_info("replication: the server is a standby (PostgreSQL %s): decoding there; the primary needs "
                      "wal_level = logical on the primary and here, hot_standby_feedback = on with a physical slot "
                      "keeps the slot valid, and creating a slot waits for the primary's next running-transactions "
-                     "record (SELECT pg_log_standby_snapshot() on the primary sends one)", S.server_version);
+                     "record (SELECT pg_log_standby_snapshot() on the primary sends one)", S.repl.server_version);
         if (S.cfg.temporary_slot) {
-            S.rstate = R_CREATE;
+            S.repl.state = R_CREATE;
             snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" TEMPORARY LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT",
                      S.cfg.slot);
             repl_send("CREATE_REPLICATION_SLOT", cmd);
         } else {
-            S.rstate = R_SLOTINFO;
-            S.slot_found = 0;
+            S.repl.state = R_SLOTINFO;
+            S.repl.slot_found = 0;
             snprintf(cmd, sizeof cmd, "SELECT confirmed_flush_lsn, plugin, wal_status, "
                      "database = current_database() FROM pg_catalog.pg_replication_slots WHERE slot_name = '%s'",
                      S.cfg.slot);
@@ -3350,8 +2423,8 @@ static void repl_next(void)
         }
         break;
     case R_SLOTINFO:
-        S.rstate = R_CREATE;
-        if (S.slot_found) {   /* reuse it: straight to streaming */
+        S.repl.state = R_CREATE;
+        if (S.repl.slot_found) {   /* reuse it: straight to streaming */
             repl_next();
             break;
         }
@@ -3360,34 +2433,34 @@ static void repl_next(void)
         break;
     case R_CREATE: {
         /* positions before what this slot can replay can no longer be served */
-        uint64_t from = S.slot_confirmed;
-        if (!S.repl_ever || S.cfg.temporary_slot) {
-            if (pos_cmp(from, 0, S.floor_lsn, S.floor_idx) > 0) {
-                S.floor_lsn = from;
-                S.floor_idx = 0;
+        uint64_t from = S.repl.slot_confirmed;
+        if (!S.repl.ever || S.cfg.temporary_slot) {
+            if (pos_cmp(from, 0, S.hist.floor_lsn, S.hist.floor_idx) > 0) {
+                S.hist.floor_lsn = from;
+                S.hist.floor_idx = 0;
             }
         }
-        S.floor_known = 1;
-        if (S.confirmed < from)
-            S.confirmed = from;
-        if (S.processed < from)
-            S.processed = from;
+        S.hist.floor_known = 1;
+        if (S.repl.confirmed < from)
+            S.repl.confirmed = from;
+        if (S.repl.processed < from)
+            S.repl.processed = from;
         start_replication();
         break;
     }
     case R_START:
-        S.rstate = R_STREAMING;
+        S.repl.state = R_STREAMING;
         repl_watch(POLLIN);
-        if (S.repl_ever)
-            S.m_reconnects++;
+        if (S.repl.ever)
+            S.count.reconnects++;
         log_info("replication: streaming from slot \"%s\" (confirmed %X/%X)", S.cfg.slot,
-                 (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed);
-        S.repl_ever = 1;
-        S.rbackoff = 1;
-        S.in_txn = 0;
-        S.last_status_ms = S.now;
-        S.last_txn_ms = S.now;
-        S.repl_rx_ms = S.now;
+                 (unsigned)(S.repl.confirmed >> 32), (unsigned)S.repl.confirmed);
+        S.repl.ever = 1;
+        S.repl.backoff = 1;
+        S.repl.in_txn = 0;
+        S.repl.last_status_ms = S.now;
+        S.repl.last_txn_ms = S.now;
+        S.repl.rx_ms = S.now;
         break;
     default:
         break;
@@ -3397,28 +2470,28 @@ static void repl_next(void)
 static void repl_status(void)
 {
     uint8_t m[34];
-    uint64_t pos = S.done_commit;
+    uint64_t pos = S.repl.done_commit;
     /* an idle database (or traffic elsewhere): confirm the WAL end, so the
      * slot holds no WAL it does not need */
-    if (!S.in_txn && S.wal_end > pos &&
-        S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
-        pos = S.wal_end;
-    if (pos > S.confirmed)
-        S.confirmed = pos;
+    if (!S.repl.in_txn && S.repl.wal_end > pos &&
+        S.now - S.repl.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
+        pos = S.repl.wal_end;
+    if (pos > S.repl.confirmed)
+        S.repl.confirmed = pos;
     m[0] = 'r';
-    put64(m + 1, S.confirmed);
-    put64(m + 9, S.confirmed);
-    put64(m + 17, S.confirmed);
+    put64(m + 1, S.repl.confirmed);
+    put64(m + 9, S.repl.confirmed);
+    put64(m + 17, S.repl.confirmed);
     put64(m + 25, (uint64_t)pg_now_us());
     /* idle: ask for a keepalive, which carries how far the server has read */
-    m[33] = !S.in_txn && S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000;
-    if (PQputCopyData(S.repl, (const char *)m, sizeof m) != 1) {
+    m[33] = !S.repl.in_txn && S.now - S.repl.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000;
+    if (PQputCopyData(S.repl.conn, (const char *)m, sizeof m) != 1) {
         repl_fail("sending a status update", NULL);
         return;
     }
-    S.last_status_ms = S.now;
-    S.reply_now = 0;
-    if (PQflush(S.repl) == 1)
+    S.repl.last_status_ms = S.now;
+    S.repl.reply_now = 0;
+    if (PQflush(S.repl.conn) == 1)
         repl_watch(POLLIN | POLLOUT);
 }
 
@@ -3458,26 +2531,26 @@ static int pos_prefix(char *out, uint64_t lsn, uint32_t idx)
 
 static void handle_change(const char *rec, size_t len, w2j_record *r)
 {
-    uint32_t idx = S.cur_n++;
+    uint32_t idx = S.repl.cur_n++;
     uint8_t bit = action_bit(r->action);
-    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) <= 0)
+    if (S.hist.have_last && pos_cmp(S.repl.cur_commit, idx, S.hist.last_lsn, S.hist.last_idx) <= 0)
         return;   /* already sent before a reconnect */
-    S.m_changes++;
-    S.have_last = 1;
-    S.last_lsn = S.cur_commit;
-    S.last_idx = idx;
+    S.count.changes++;
+    S.hist.have_last = 1;
+    S.hist.last_lsn = S.repl.cur_commit;
+    S.hist.last_idx = idx;
     /* with a history, every table gets an entry: a client may resume on it */
     table *t = table_of_record(r, S.cfg.history > 0);
     if (t)
         t->verified = S.now;
     if (!S.cfg.history && (!t || !t->groups)) {
-        S.floor_lsn = S.cur_commit;
-        S.floor_idx = idx;
+        S.hist.floor_lsn = S.repl.cur_commit;
+        S.hist.floor_idx = idx;
         return;
     }
     /* {"pos":"X/X:n", + the record after its '{' */
     char pfx[48];
-    int pn = pos_prefix(pfx, S.cur_commit, idx);
+    int pn = pos_prefix(pfx, S.repl.cur_commit, idx);
     size_t plen = (size_t)pn + len - 1;
     uint8_t h[10];
     size_t hl = ws_frame_header(h, WS_OP_TEXT, plen);
@@ -3489,14 +2562,14 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
     f->change = 1;
     f->types = bit;
     f->tab = t;
-    f->lsn = S.cur_commit;
+    f->lsn = S.repl.cur_commit;
     f->idx = idx;
-    f->xid = S.cur_xid;
+    f->xid = S.repl.cur_xid;
     hist_push(f);
     if (t) {
         for (group *g = t->groups, *gnext; g; g = gnext) {
             gnext = g->next;   /* g goes away if its last member is dropped */
-            if (!spec_match(g->sp, r))
+            if (!spec_match(g->sp, r, match_scratch(len), S.mcap))
                 continue;
             for (client *c = g->members, *next; c; c = next) {
                 next = c->gnext;   /* a slow client leaves the group here */
@@ -3514,30 +2587,30 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
     const char *rec = (const char *)msg + 25;
     size_t len = n - 25;
     w2j_record r;
-    if (end > S.wal_end)
-        S.wal_end = end;
-    if (start > S.processed)
-        S.processed = start;
+    if (end > S.repl.wal_end)
+        S.repl.wal_end = end;
+    if (start > S.repl.processed)
+        S.repl.processed = start;
     while (len && (rec[len - 1] == '\n' || rec[len - 1] == ' '))
         len--;
     if (ws_utf8_step(0, (const uint8_t *)rec, len) != 0) {
         /* a text frame must be UTF-8; an SQL_ASCII database can send anything */
-        S.m_skipped++;
+        S.count.skipped++;
         log_warn("replication: skipped a wal2json record at %X/%X that is not valid UTF-8 "
                  "(is the database SQL_ASCII?)", (unsigned)(start >> 32), (unsigned)start);
-        if (S.in_txn && len > 12 && !memcmp(rec, "{\"action\":\"", 11) && strchr("IUDT", rec[11]))
-            S.cur_n++;
+        if (S.repl.in_txn && len > 12 && !memcmp(rec, "{\"action\":\"", 11) && strchr("IUDT", rec[11]))
+            S.repl.cur_n++;
         return;
     }
-    int e = w2j_parse(rec, len, S.toks, S.ntoks, S.cols, S.ncols, &r);
+    int e = w2j_parse(rec, len, S.repl.toks, S.repl.ntoks, S.repl.cols, S.repl.ncols, &r);
     if (e != JSON_OK || len < 2 || rec[0] != '{') {
-        S.m_skipped++;
+        S.count.skipped++;
         log_warn("replication: skipped a wal2json record at %X/%X that cannot be parsed (%s, %zu bytes)",
                  (unsigned)(start >> 32), (unsigned)start,
                  e == JSON_NOMEM ? "too many columns" : e == JSON_PARTIAL ? "truncated" : "malformed", len);
         /* keep the position count honest for a change we could not read */
-        if (S.in_txn)
-            S.cur_n++;
+        if (S.repl.in_txn)
+            S.repl.cur_n++;
         return;
     }
     switch (r.action) {
@@ -3548,18 +2621,18 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
                      (unsigned)(start >> 32), (unsigned)start);
             lsn = start;
         }
-        S.cur_commit = lsn;
-        S.cur_xid = r.xid;
-        S.cur_n = 0;
-        S.in_txn = 1;
-        S.last_txn_ms = S.now;
+        S.repl.cur_commit = lsn;
+        S.repl.cur_xid = r.xid;
+        S.repl.cur_n = 0;
+        S.repl.in_txn = 1;
+        S.repl.last_txn_ms = S.now;
         break;
     }
     case 'C':
-        if (S.cur_commit > S.done_commit)
-            S.done_commit = S.cur_commit;
-        S.in_txn = 0;
-        S.last_txn_ms = S.now;
+        if (S.repl.cur_commit > S.repl.done_commit)
+            S.repl.done_commit = S.repl.cur_commit;
+        S.repl.in_txn = 0;
+        S.repl.last_txn_ms = S.now;
         break;
     case 'I': case 'U': case 'D': case 'T':
         handle_change(rec, len, &r);
@@ -3572,19 +2645,19 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
 /* Reads what the stream has, at most a batch, so that clients get a turn. */
 static void repl_stream(void)
 {
-    if (!PQconsumeInput(S.repl)) {
+    if (!PQconsumeInput(S.repl.conn)) {
         repl_fail("reading", NULL);
         return;
     }
-    S.repl_more = 0;
+    S.repl.more = 0;
     for (int count = 0; count < 4096; count++) {
         char *buf = NULL;
-        int n = PQgetCopyData(S.repl, &buf, 1);
+        int n = PQgetCopyData(S.repl.conn, &buf, 1);
         if (n == 0)
             return;
         if (n == -1) {
-            PGresult *res = PQgetResult(S.repl);
-            if (S.rstate == R_STOPPING) {
+            PGresult *res = PQgetResult(S.repl.conn);
+            if (S.repl.state == R_STOPPING) {
                 PQclear(res);
                 return;
             }
@@ -3597,63 +2670,63 @@ static void repl_stream(void)
             return;
         }
         const uint8_t *m = (const uint8_t *)buf;
-        S.repl_rx_ms = S.now;
+        S.repl.rx_ms = S.now;
         if (m[0] == 'w' && n >= 25) {
-            if (S.rstate == R_STREAMING)
+            if (S.repl.state == R_STREAMING)
                 handle_xlogdata(m, (size_t)n);
         } else if (m[0] == 'k' && n >= 18) {
             uint64_t end = get64(m + 1);
-            if (end > S.wal_end)
-                S.wal_end = end;
-            if (!S.in_txn && end > S.processed)
-                S.processed = end;
+            if (end > S.repl.wal_end)
+                S.repl.wal_end = end;
+            if (!S.repl.in_txn && end > S.repl.processed)
+                S.repl.processed = end;
             if (m[17])
-                S.reply_now = 1;
+                S.repl.reply_now = 1;
         }
         PQfreemem(buf);
-        if (S.rstate != R_STREAMING && S.rstate != R_STOPPING)
+        if (S.repl.state != R_STREAMING && S.repl.state != R_STOPPING)
             return;
     }
-    S.repl_more = 1;
+    S.repl.more = 1;
 }
 
 static void repl_event(short revents)
 {
-    if (!S.repl)
+    if (!S.repl.conn)
         return;
-    if (S.rstate == R_CONNECTING) {
-        PostgresPollingStatusType ps = PQconnectPoll(S.repl);
+    if (S.repl.state == R_CONNECTING) {
+        PostgresPollingStatusType ps = PQconnectPoll(S.repl.conn);
         if (ps == PGRES_POLLING_READING) repl_watch(POLLIN);
         else if (ps == PGRES_POLLING_WRITING) repl_watch(POLLOUT);
         else if (ps == PGRES_POLLING_FAILED) repl_fail("connect", NULL);
         else {
-            const char *v = PQparameterStatus(S.repl, "server_version");
-            snprintf(S.server_version, sizeof S.server_version, "%s", v ? v : "?");
-            log_info("replication: connected to PostgreSQL %s", S.server_version);
-            S.rstate = R_IDENTIFY;
+            const char *v = PQparameterStatus(S.repl.conn, "server_version");
+            snprintf(S.repl.server_version, sizeof S.repl.server_version, "%s", v ? v : "?");
+            log_info("replication: connected to PostgreSQL %s", S.repl.server_version);
+            S.repl.state = R_IDENTIFY;
             repl_send("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM");
         }
         return;
     }
     if (revents & POLLOUT) {
-        int f = PQflush(S.repl);
+        int f = PQflush(S.repl.conn);
         if (f < 0) {
             repl_fail("writing", NULL);
             return;
         }
         repl_watch(f == 1 ? POLLIN | POLLOUT : POLLIN);
     }
-    if (S.rstate == R_STREAMING || S.rstate == R_STOPPING) {
+    if (S.repl.state == R_STREAMING || S.repl.state == R_STOPPING) {
         if (revents & (POLLIN | POLLERR | POLLHUP))
             repl_stream();
         return;
     }
-    if (!PQconsumeInput(S.repl)) {
+    if (!PQconsumeInput(S.repl.conn)) {
         repl_fail("reading", NULL);
         return;
     }
-    while (S.repl && !PQisBusy(S.repl)) {
-        PGresult *res = PQgetResult(S.repl);
+    while (S.repl.conn && !PQisBusy(S.repl.conn)) {
+        PGresult *res = PQgetResult(S.repl.conn);
         if (!res) {
             repl_next();
             return;
@@ -3674,27 +2747,27 @@ static void repl_event(short revents)
 
 static void repl_tick(void)
 {
-    if (S.rstate == R_WAIT && !S.stop && S.now >= S.rwait_until)
+    if (S.repl.state == R_WAIT && !S.stop && S.now >= S.repl.wait_until)
         repl_connect();
     /* (creating a slot on a standby waits for the primary, however long) */
-    if (S.rstate >= R_CONNECTING && S.rstate < R_STREAMING && S.now - S.rattempt_ms > CONNECT_TIMEOUT_MS &&
-        !(S.in_recovery && S.rstate == R_CREATE)) {
+    if (S.repl.state >= R_CONNECTING && S.repl.state < R_STREAMING && S.now - S.repl.attempt_ms > CONNECT_TIMEOUT_MS &&
+        !(S.repl.in_recovery && S.repl.state == R_CREATE)) {
         log_error("replication: no answer from the server within %d s while connecting; retrying in %d s",
-                  CONNECT_TIMEOUT_MS / 1000, S.rbackoff);
+                  CONNECT_TIMEOUT_MS / 1000, S.repl.backoff);
         repl_teardown();
         return;
     }
     /* idle status updates ask for a reply, so a healthy server is never
      * silent this long: it is gone (partition, hang), reconnect */
     int64_t silent = (int64_t)(S.cfg.status_interval * 3 > 60 ? S.cfg.status_interval * 3 : 60) * 1000;
-    if (S.rstate == R_STREAMING && S.now - S.repl_rx_ms > silent) {
+    if (S.repl.state == R_STREAMING && S.now - S.repl.rx_ms > silent) {
         log_warn("replication: the server sent nothing for %lld s; reconnecting in %d s",
-                 (long long)(silent / 1000), S.rbackoff);
+                 (long long)(silent / 1000), S.repl.backoff);
         repl_teardown();
         return;
     }
-    if (S.rstate == R_STREAMING &&
-        (S.reply_now == 1 || S.now - S.last_status_ms >= (int64_t)S.cfg.status_interval * 1000))
+    if (S.repl.state == R_STREAMING &&
+        (S.repl.reply_now == 1 || S.now - S.repl.last_status_ms >= (int64_t)S.cfg.status_interval * 1000))
         repl_status();
 }
 
@@ -3704,10 +2777,10 @@ static void health_body(sbuf *b)
 {
     sb_printf(b, "{\"status\":\"%s\",\"replication\":\"%s\",\"clients\":%u,\"lsn\":\"%X/%X\","
               "\"confirmed_lsn\":\"%X/%X\",\"slot\":\"%s\",\"version\":\"%s\",\"stream\":%s%s%s}\n",
-              S.rstate == R_STREAMING ? "ok" : "degraded", rstate_name(), S.nclients,
-              (unsigned)(S.processed >> 32), (unsigned)S.processed,
-              (unsigned)(S.confirmed >> 32), (unsigned)S.confirmed, S.cfg.slot, PGCDC_VERSION,
-              S.stream[0] ? "\"" : "", S.stream[0] ? S.stream : "null", S.stream[0] ? "\"" : "");
+              S.repl.state == R_STREAMING ? "ok" : "degraded", rstate_name(), S.http.nclients,
+              (unsigned)(S.repl.processed >> 32), (unsigned)S.repl.processed,
+              (unsigned)(S.repl.confirmed >> 32), (unsigned)S.repl.confirmed, S.cfg.slot, PGCDC_VERSION,
+              S.repl.stream[0] ? "\"" : "", S.repl.stream[0] ? S.repl.stream : "null", S.repl.stream[0] ? "\"" : "");
 }
 
 static void metric(sbuf *b, const char *name, const char *type, const char *help, uint64_t v)
@@ -3717,44 +2790,44 @@ static void metric(sbuf *b, const char *name, const char *type, const char *help
 
 static void metrics_body(sbuf *b)
 {
-    uint64_t lag = S.wal_end > S.processed ? S.wal_end - S.processed : 0;
-    frame *oldest = S.hn ? S.hist[S.hhead] : NULL;
-    metric(b, "pgcdc_clients", "gauge", "Connected WebSocket clients.", S.nclients);
-    metric(b, "pgcdc_connections", "gauge", "Open client TCP connections, upgraded or not.", S.nconns);
-    metric(b, "pgcdc_changes_total", "counter", "Changes decoded from the replication stream.", S.m_changes);
-    metric(b, "pgcdc_frames_sent_total", "counter", "Change frames written to clients.", S.m_frames);
-    metric(b, "pgcdc_bytes_sent_total", "counter", "Bytes written to clients.", S.m_bytes);
+    uint64_t lag = S.repl.wal_end > S.repl.processed ? S.repl.wal_end - S.repl.processed : 0;
+    frame *oldest = S.hist.n ? S.hist.ring[S.hist.head] : NULL;
+    metric(b, "pgcdc_clients", "gauge", "Connected WebSocket clients.", S.http.nclients);
+    metric(b, "pgcdc_connections", "gauge", "Open client TCP connections, upgraded or not.", S.http.nconns);
+    metric(b, "pgcdc_changes_total", "counter", "Changes decoded from the replication stream.", S.count.changes);
+    metric(b, "pgcdc_frames_sent_total", "counter", "Change frames written to clients.", S.count.frames);
+    metric(b, "pgcdc_bytes_sent_total", "counter", "Bytes written to clients.", S.count.bytes);
     sb_printf(b, "# HELP pgcdc_clients_dropped_total Clients disconnected by the server.\n"
               "# TYPE pgcdc_clients_dropped_total counter\n"
               "pgcdc_clients_dropped_total{reason=\"slow\"} %llu\n"
               "pgcdc_clients_dropped_total{reason=\"protocol\"} %llu\n"
               "pgcdc_clients_dropped_total{reason=\"timeout\"} %llu\n",
-              (unsigned long long)S.m_drop_slow, (unsigned long long)S.m_drop_proto,
-              (unsigned long long)S.m_drop_timeout);
-    metric(b, "pgcdc_replication_connected", "gauge", "1 while the replication stream is up.", S.rstate == R_STREAMING);
+              (unsigned long long)S.count.drop_slow, (unsigned long long)S.count.drop_proto,
+              (unsigned long long)S.count.drop_timeout);
+    metric(b, "pgcdc_replication_connected", "gauge", "1 while the replication stream is up.", S.repl.state == R_STREAMING);
     metric(b, "pgcdc_replication_reconnects_total", "counter", "Times the replication stream was re-established.",
-           S.m_reconnects);
-    metric(b, "pgcdc_confirmed_lsn_bytes", "gauge", "Last LSN confirmed to the server.", S.confirmed);
+           S.count.reconnects);
+    metric(b, "pgcdc_confirmed_lsn_bytes", "gauge", "Last LSN confirmed to the server.", S.repl.confirmed);
     metric(b, "pgcdc_replication_lag_bytes", "gauge", "Server WAL end minus the last LSN processed.", lag);
-    metric(b, "pgcdc_records_skipped_total", "counter", "wal2json records that could not be parsed.", S.m_skipped);
-    metric(b, "pgcdc_history_bytes", "gauge", "Memory held by the resume history.", S.hbytes);
-    metric(b, "pgcdc_history_frames", "gauge", "Changes held by the resume history.", S.hn);
+    metric(b, "pgcdc_records_skipped_total", "counter", "wal2json records that could not be parsed.", S.count.skipped);
+    metric(b, "pgcdc_history_bytes", "gauge", "Memory held by the resume history.", S.hist.bytes);
+    metric(b, "pgcdc_history_frames", "gauge", "Changes held by the resume history.", S.hist.n);
     metric(b, "pgcdc_history_oldest_lsn_bytes", "gauge", "Commit LSN of the oldest change in the history.",
            oldest ? oldest->lsn : 0);
-    metric(b, "pgcdc_resumes_total", "counter", "Clients that connected with since.", S.m_resumes);
-    metric(b, "pgcdc_connections_waiting", "gauge", "Connections whose request is not complete yet.", S.nwaiting);
+    metric(b, "pgcdc_resumes_total", "counter", "Clients that connected with since.", S.count.resumes);
+    metric(b, "pgcdc_connections_waiting", "gauge", "Connections whose request is not complete yet.", S.http.nwaiting);
     metric(b, "pgcdc_connections_shed_total", "counter",
-           "Connections closed before finishing their request to make room for others.", S.m_shed);
+           "Connections closed before finishing their request to make room for others.", S.count.shed);
     sb_printf(b, "# HELP pgcdc_auth_failures_total Requests refused for their credentials or Origin.\n"
               "# TYPE pgcdc_auth_failures_total counter\n");
     for (int i = 0; i < AUTHF_N; i++)
         sb_printf(b, "pgcdc_auth_failures_total{reason=\"%s\"} %llu\n", authf_names[i],
-                  (unsigned long long)S.m_auth_fail[i]);
+                  (unsigned long long)S.count.auth_fail[i]);
 }
 
 /* ==== The event loop ==================================================== */
 
-MAIN_ONLY static void on_signal(int sig)
+static void on_signal(int sig)
 {
     int saved = errno;
     S.stop = sig;
@@ -3770,7 +2843,7 @@ static int set_nonblock(int fd)
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-MAIN_ONLY static int listen_on(const char *spec_, char *err, size_t errlen)
+static int listen_on(const char *spec_, char *err, size_t errlen)
 {
     char host[256], port[8];
     struct addrinfo hints, *res, *ai;
@@ -3843,7 +2916,7 @@ static struct peer_count **peer_slot(const char *addr)
     uint32_t h = 2166136261u;
     for (const char *p = addr; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    struct peer_count **pp = &S.peers[h % (sizeof S.peers / sizeof S.peers[0])];
+    struct peer_count **pp = &S.http.peers[h % (sizeof S.http.peers / sizeof S.http.peers[0])];
     while (*pp && strcmp((*pp)->addr, addr))
         pp = &(*pp)->next;
     return pp;
@@ -3854,12 +2927,12 @@ static void waiting_del(client *c)
     if (!c->waiting)
         return;
     if (c->wprev) c->wprev->wnext = c->wnext;
-    else S.wait_head = c->wnext;
+    else S.http.wait_head = c->wnext;
     if (c->wnext) c->wnext->wprev = c->wprev;
-    else S.wait_tail = c->wprev;
+    else S.http.wait_tail = c->wprev;
     c->wnext = c->wprev = NULL;
     c->waiting = 0;
-    S.nwaiting--;
+    S.http.nwaiting--;
     if (c->peer_counted) {
         struct peer_count **pp = peer_slot(c->addr), *pc = *pp;
         c->peer_counted = 0;
@@ -3872,15 +2945,15 @@ static void waiting_del(client *c)
 
 static void shed(client *c, const char *why)
 {
-    S.m_shed++;
-    if (S.now - S.shed_logged >= 10000) {
+    S.count.shed++;
+    if (S.now - S.http.shed_logged >= 10000) {
         log_warn("client %llu %s: closed, its request unfinished after %lld ms: %s%s",
                  (unsigned long long)c->id, c->addr, (long long)(S.now - (c->deadline - REQUEST_TIMEOUT_MS)),
-                 why, S.shed_unlogged ? " (more were shed; see pgcdc_connections_shed_total)" : "");
-        S.shed_logged = S.now;
-        S.shed_unlogged = 0;
+                 why, S.http.shed_unlogged ? " (more were shed; see pgcdc_connections_shed_total)" : "");
+        S.http.shed_logged = S.now;
+        S.http.shed_unlogged = 0;
     } else {
-        S.shed_unlogged++;
+        S.http.shed_unlogged++;
     }
     client_close(c);
 }
@@ -3891,7 +2964,7 @@ static void waiting_add(client *c)
     if (!trusted_peer(c->addr)) {
         struct peer_count **pp = peer_slot(c->addr), *pc = *pp;
         if (pc && pc->n >= PEER_WAITING_MAX) {
-            client *o = S.wait_head;
+            client *o = S.http.wait_head;
             while (o && !(o->peer_counted && !strcmp(o->addr, c->addr)))
                 o = o->wnext;
             if (o)
@@ -3908,20 +2981,19 @@ static void waiting_add(client *c)
         pc->n++;
         c->peer_counted = 1;
     }
-    if (S.nwaiting >= WAITING_MAX && S.wait_head)
-        shed(S.wait_head, "too many unfinished requests");
+    if (S.http.nwaiting >= WAITING_MAX && S.http.wait_head)
+        shed(S.http.wait_head, "too many unfinished requests");
     c->waiting = 1;
-    c->wprev = S.wait_tail;
-    if (S.wait_tail) S.wait_tail->wnext = c;
-    else S.wait_head = c;
-    S.wait_tail = c;
-    S.nwaiting++;
+    c->wprev = S.http.wait_tail;
+    if (S.http.wait_tail) S.http.wait_tail->wnext = c;
+    else S.http.wait_head = c;
+    S.http.wait_tail = c;
+    S.http.nwaiting++;
 }
 
 /* Accepts on the listener in poll slot lslot (SLOT_LISTEN or SLOT_ADMIN). */
 static void accept_clients(int lslot)
 {
-    static int64_t emfile_logged;
     for (int i = 0; i < 256; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -3931,10 +3003,10 @@ static void accept_clients(int lslot)
                 /* the listeners stay readable: pause them, or the loop spins */
                 S.pfd[SLOT_LISTEN].events = 0;
                 S.pfd[SLOT_ADMIN].events = 0;
-                S.accept_paused = S.now + 100;
-                if (S.now - emfile_logged > 10000) {
+                S.http.accept_paused = S.now + 100;
+                if (S.now - S.http.emfile_logged > 10000) {
                     log_warn("out of file descriptors (%s): raise the limit (ulimit -n)", strerror(errno));
-                    emfile_logged = S.now;
+                    S.http.emfile_logged = S.now;
                 }
             }
             return;
@@ -3948,7 +3020,7 @@ static void accept_clients(int lslot)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         /* the last resort against running out of descriptors; the limits
          * on unfinished requests keep this from being reached by them */
-        if (S.nconns >= (unsigned)S.cfg.max_clients + WAITING_MAX + 1024u) {
+        if (S.http.nconns >= (unsigned)S.cfg.max_clients + WAITING_MAX + 1024u) {
             static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                                        "Content-Length: 17\r\nConnection: close\r\n\r\ntoo many clients\n";
             if (write(fd, busy, sizeof busy - 1) < 0) {
@@ -3960,7 +3032,7 @@ static void accept_clients(int lslot)
         client *c = xmalloc(sizeof *c);
         memset(c, 0, sizeof *c);
         c->fd = fd;
-        c->id = ++S.next_client_id;
+        c->id = ++S.http.next_client_id;
         c->state = C_HTTP;
         c->admin = (uint8_t)(lslot == SLOT_ADMIN);
         c->deadline = S.now + REQUEST_TIMEOUT_MS;
@@ -3980,7 +3052,7 @@ static void accept_clients(int lslot)
         S.pfd[c->slot].fd = fd;
         S.pfd[c->slot].revents = 0;
         S.pcl[c->slot] = c;
-        S.nconns++;
+        S.http.nconns++;
         set_events(c);
         log_debug("client %llu %s: connected", (unsigned long long)c->id, c->addr);
         waiting_add(c);
@@ -4012,7 +3084,7 @@ static void clients_tick(void)
             if (S.now - c->last_rx >= 3 * ping_ms) {
                 log_info("client %llu %s: silent for %d s, dropped", (unsigned long long)c->id, c->addr,
                          3 * S.cfg.ping_interval);
-                S.m_drop_timeout++;
+                S.count.drop_timeout++;
                 client_close(c);
                 continue;
             }
@@ -4028,7 +3100,7 @@ static void clients_tick(void)
 
 static void begin_shutdown(void)
 {
-    log_info("shutting down (signal %d): closing %u clients", S.stop, S.nclients);
+    log_info("shutting down (signal %d): closing %u clients", S.stop, S.http.nclients);
     for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
         client *c = S.pcl[i];
         if (c->state == C_WS)
@@ -4036,22 +3108,22 @@ static void begin_shutdown(void)
         else if (c->state != C_CLOSING)
             client_close(c);
     }
-    if (S.rstate == R_STREAMING) {
-        S.reply_now = 1;
+    if (S.repl.state == R_STREAMING) {
+        S.repl.reply_now = 1;
         repl_status();
-        if (S.repl && PQputCopyEnd(S.repl, NULL) == 1) {
-            PQflush(S.repl);
-            S.rstate = R_STOPPING;
+        if (S.repl.conn && PQputCopyEnd(S.repl.conn, NULL) == 1) {
+            PQflush(S.repl.conn);
+            S.repl.state = R_STOPPING;
         }
     }
-    if (S.listen_fd >= 0) {
-        close(S.listen_fd);
-        S.listen_fd = -1;
+    if (S.http.listen_fd >= 0) {
+        close(S.http.listen_fd);
+        S.http.listen_fd = -1;
         S.pfd[SLOT_LISTEN].fd = -1;
     }
-    if (S.admin_fd >= 0) {
-        close(S.admin_fd);
-        S.admin_fd = -1;
+    if (S.http.admin_fd >= 0) {
+        close(S.http.admin_fd);
+        S.http.admin_fd = -1;
         S.pfd[SLOT_ADMIN].fd = -1;
     }
     S.stop_deadline = S.now + 3000;
@@ -4060,13 +3132,13 @@ static void begin_shutdown(void)
 /* The replication stream ended cleanly after CopyDone? */
 static int repl_stopped(void)
 {
-    if (S.rstate != R_STOPPING)
+    if (S.repl.state != R_STOPPING)
         return 1;
-    if (!PQconsumeInput(S.repl))
+    if (!PQconsumeInput(S.repl.conn))
         return 1;
-    while (!PQisBusy(S.repl)) {
+    while (!PQisBusy(S.repl.conn)) {
         char *buf;
-        int n = PQgetCopyData(S.repl, &buf, 1);
+        int n = PQgetCopyData(S.repl.conn, &buf, 1);
         if (n > 0) {
             PQfreemem(buf);
             continue;
@@ -4074,20 +3146,20 @@ static int repl_stopped(void)
         if (n == 0)
             return 0;
         PGresult *res;
-        while (!PQisBusy(S.repl) && (res = PQgetResult(S.repl)) != NULL)
+        while (!PQisBusy(S.repl.conn) && (res = PQgetResult(S.repl.conn)) != NULL)
             PQclear(res);
-        return !PQisBusy(S.repl);
+        return !PQisBusy(S.repl.conn);
     }
     return 0;
 }
 
-MAIN_ONLY static int run(void)
+static int run(void)
 {
     int64_t last_tick = 0;
     int shutting = 0;
-    S.rbackoff = 1;
-    S.rstate = R_WAIT;
-    S.rwait_until = 0;
+    S.repl.backoff = 1;
+    S.repl.state = R_WAIT;
+    S.repl.wait_until = 0;
     for (;;) {
         S.now = now_ms();
         if (S.stop && !shutting) {
@@ -4095,14 +3167,14 @@ MAIN_ONLY static int run(void)
             begin_shutdown();
         }
         if (shutting) {
-            int done = S.nconns == 0 && repl_stopped();
+            int done = S.http.nconns == 0 && repl_stopped();
             if (done || S.now >= S.stop_deadline)
                 break;
         }
         if (S.now - last_tick >= 100) {
             last_tick = S.now;
-            if (S.accept_paused && S.now >= S.accept_paused && S.listen_fd >= 0) {
-                S.accept_paused = 0;
+            if (S.http.accept_paused && S.now >= S.http.accept_paused && S.http.listen_fd >= 0) {
+                S.http.accept_paused = 0;
                 S.pfd[SLOT_LISTEN].events = POLLIN;
                 S.pfd[SLOT_ADMIN].events = POLLIN;
             }
@@ -4114,27 +3186,27 @@ MAIN_ONLY static int run(void)
         }
         flush_dirty();
         graveyard_free();
-        int timeout = S.repl_more ? 0 : 100;
+        int timeout = S.repl.more ? 0 : 100;
         int n = poll(S.pfd, (nfds_t)S.npfd, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("poll: %s", strerror(errno));
             return 2;
         }
         S.now = now_ms();
-        if (n <= 0 && !S.repl_more)
+        if (n <= 0 && !S.repl.more)
             continue;
         if (S.pfd[SLOT_PIPE].revents) {
             char drain[64];
             while (read(S.sigpipe[0], drain, sizeof drain) > 0)
                 ;
         }
-        if (S.repl && (S.pfd[SLOT_REPL].revents || S.repl_more))
+        if (S.repl.conn && (S.pfd[SLOT_REPL].revents || S.repl.more))
             repl_event(S.pfd[SLOT_REPL].revents ? S.pfd[SLOT_REPL].revents : POLLIN);
-        if (S.cat && S.pfd[SLOT_CAT].revents)
+        if (S.cat.conn && S.pfd[SLOT_CAT].revents)
             cat_event();
-        if (S.listen_fd >= 0 && (S.pfd[SLOT_LISTEN].revents & POLLIN))
+        if (S.http.listen_fd >= 0 && (S.pfd[SLOT_LISTEN].revents & POLLIN))
             accept_clients(SLOT_LISTEN);
-        if (S.admin_fd >= 0 && (S.pfd[SLOT_ADMIN].revents & POLLIN))
+        if (S.http.admin_fd >= 0 && (S.pfd[SLOT_ADMIN].revents & POLLIN))
             accept_clients(SLOT_ADMIN);
         for (int i = S.npfd - 1; i >= SLOT_FIRST; i--) {
             if (i >= S.npfd)
@@ -4152,14 +3224,14 @@ MAIN_ONLY static int run(void)
         flush_dirty();
         graveyard_free();
     }
-    if (S.repl) {
-        PQfinish(S.repl);
-        S.repl = NULL;
+    if (S.repl.conn) {
+        PQfinish(S.repl.conn);
+        S.repl.conn = NULL;
     }
     return 0;
 }
 
-MAIN_ONLY static void usage(FILE *f)
+static void usage(FILE *f)
 {
     fprintf(f, "usage: pgcdc [-c FILE] [-t] [-v|-q] [-V] [-h]\n"
                "  -c FILE   configuration file (default: ./pgcdc.config)\n"
@@ -4169,7 +3241,7 @@ MAIN_ONLY static void usage(FILE *f)
                "  -h        this help\n");
 }
 
-MAIN_ONLY static void raise_nofile(void)
+static void raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -4178,7 +3250,6 @@ MAIN_ONLY static void raise_nofile(void)
     }
 }
 
-#ifndef PGCDC_NO_MAIN
 int main(int argc, char **argv)
 {
     const char *path = "./pgcdc.config";
@@ -4216,9 +3287,9 @@ int main(int argc, char **argv)
         }
     next_arg:;
     }
-    log_level = L_INFO + verbosity;
-    if (log_level < L_ERROR) log_level = L_ERROR;
-    if (log_level > L_DEBUG) log_level = L_DEBUG;
+    S.log_level = L_INFO + verbosity;
+    if (S.log_level < L_ERROR) S.log_level = L_ERROR;
+    if (S.log_level > L_DEBUG) S.log_level = L_DEBUG;
 
     config_defaults(&S.cfg);
     if (config_load(&S.cfg, path))
@@ -4244,15 +3315,15 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    S.listen_fd = listen_on(S.cfg.listen, err, sizeof err);
-    if (S.listen_fd < 0) {
+    S.http.listen_fd = listen_on(S.cfg.listen, err, sizeof err);
+    if (S.http.listen_fd < 0) {
         log_error("%s", err);
         return 2;
     }
-    S.admin_fd = -1;
+    S.http.admin_fd = -1;
     if (S.cfg.admin_listen) {
-        S.admin_fd = listen_on(S.cfg.admin_listen, err, sizeof err);
-        if (S.admin_fd < 0) {
+        S.http.admin_fd = listen_on(S.cfg.admin_listen, err, sizeof err);
+        if (S.http.admin_fd < 0) {
             log_error("admin_listen: %s", err);
             return 2;
         }
@@ -4264,15 +3335,15 @@ int main(int argc, char **argv)
     memset(S.pfd, 0, (size_t)S.cappfd * sizeof *S.pfd);
     memset(S.pcl, 0, (size_t)S.cappfd * sizeof *S.pcl);
     S.npfd = SLOT_FIRST;
-    S.pfd[SLOT_LISTEN] = (struct pollfd){ S.listen_fd, POLLIN, 0 };
+    S.pfd[SLOT_LISTEN] = (struct pollfd){ S.http.listen_fd, POLLIN, 0 };
     S.pfd[SLOT_PIPE] = (struct pollfd){ S.sigpipe[0], POLLIN, 0 };
     S.pfd[SLOT_REPL] = (struct pollfd){ -1, 0, 0 };
     S.pfd[SLOT_CAT] = (struct pollfd){ -1, 0, 0 };
-    S.pfd[SLOT_ADMIN] = (struct pollfd){ S.admin_fd, POLLIN, 0 };
-    S.ntoks = TOKS_MAX;
-    S.ncols = COLS_MAX;
-    S.toks = xmalloc(S.ntoks * sizeof *S.toks);
-    S.cols = xmalloc(S.ncols * sizeof *S.cols);
+    S.pfd[SLOT_ADMIN] = (struct pollfd){ S.http.admin_fd, POLLIN, 0 };
+    S.repl.ntoks = TOKS_MAX;
+    S.repl.ncols = COLS_MAX;
+    S.repl.toks = xmalloc(S.repl.ntoks * sizeof *S.repl.toks);
+    S.repl.cols = xmalloc(S.repl.ncols * sizeof *S.repl.cols);
 
     log_info("pgcdc %s listening on %s, slot \"%s\" (%s), history %zu bytes", PGCDC_VERSION, S.cfg.listen,
              S.cfg.slot, S.cfg.temporary_slot ? "temporary" : "persistent", S.cfg.history);
@@ -4281,4 +3352,3 @@ int main(int argc, char **argv)
     config_free(&S.cfg);
     return rc;
 }
-#endif

@@ -4,9 +4,12 @@
  * base64.c (RFC 4648 base64 and base64url), ws.c (RFC 6455 handshake key,
  * frame encoder, streaming frame decoder), json.c (wal2json format-version 2
  * tokenizer), jwt.c (JSON Web Tokens, RSA verification; its own header
- * jwt.h), pgcdc.c (everything that touches a file descriptor).  None of the
- * parsers allocate or do I/O: they work on (pointer, length) slices of the
- * caller's buffers.
+ * jwt.h), query.c (the subscription language and matcher), http.c
+ * (request-head parser), stream.c (the stream identity), pgcdc.c
+ * (everything that touches a file descriptor).  The units never call into
+ * pgcdc.c; the parsers do no I/O and work on (pointer, length) slices of
+ * the caller's buffers (only params_parse and spec_parse allocate their
+ * results).
  */
 #ifndef PGCDC_H
 #define PGCDC_H
@@ -244,7 +247,16 @@ long w2j_project(const char *rec, size_t len, char *const *names, unsigned nname
 /* Parses "X/X" (hexadecimal halves) into an LSN.  Returns 0 or -1. */
 int lsn_parse(const char *s, size_t n, uint64_t *lsn);
 
-/* ==== pgcdc.c: subscriptions (exposed for the unit tests) =============== */
+/* ==== query.c ============================================================ */
+
+/* Case-insensitive comparison of a byte range with a NUL-terminated word. */
+int ieq(const char *s, size_t n, const char *word);
+/* Drops leading spaces/tabs and trailing spaces/tabs/CRs from s[0..*n);
+ * returns the new start and stores the new length in *n. */
+const char *trim(const char *s, size_t *n);
+/* Does a comma-separated token list (as in Connection:) hold word
+ * (case-insensitive, elements trimmed)? */
+int has_token(const char *s, size_t n, const char *word);
 
 enum { SUB_INSERT = 1, SUB_UPDATE = 2, SUB_DELETE = 4, SUB_TRUNCATE = 8,
        SUB_ALL = 15 };
@@ -296,17 +308,22 @@ typedef struct ws_params {
 } ws_params;
 
 /* Splits and percent-decodes a query string ('+' is a space).  Returns 0,
- * or -1 with a message in err (duplicate query, bad %-escape, NUL byte). */
+ * or -1 with a message in err (duplicate query, bad %-escape, NUL byte, out
+ * of memory). */
 int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t errlen);
 void params_free(ws_params *p);
 /* Parses a subscription (query plus extra filters).  Returns a spec to
- * free(), or NULL with the reason in err. */
+ * free(), or NULL with the reason in err (a grammar error, or out of
+ * memory). */
 spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
                  char *err, size_t errlen);
+/* SUB_* bit of a wal2json action letter ('I', 'U', 'D', 'T'), else 0. */
+uint8_t action_bit(char a);
 /* Does the change r (of spec's table) match the spec's types and filters?
- * (String values with escapes are unescaped into a scratch buffer that
- * pgcdc.c keeps and grows as needed.) */
-int spec_match(const spec *s, const w2j_record *r);
+ * String values with escapes are unescaped into scratch[0..cap), which must
+ * hold the longest string value plus one byte (the record's length plus one
+ * always does). */
+int spec_match(const spec *s, const w2j_record *r, char *scratch, size_t cap);
 /* Parses a decimal number written as JSON allows, or also with a leading '+',
  * a leading '.', or a trailing '.' when lax.  Returns 0 or -1. */
 int num_parse(const char *s, size_t n, int lax, decnum *d);
@@ -316,12 +333,30 @@ int num_cmp(const decnum *a, const decnum *b);
 int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx);
 /* Does "schema.table" match a wal2json add-tables list? */
 int tables_allow(const char *list, const char *schema, const char *table);
-/* The stream identity of /health (docs/protocol.md, resume): 16 hex digits
- * into out, from the database's system identifier and name and the
- * tables and wal2json_options settings (NULL: unset), normalized so that
- * settings with the same meaning give the same value. */
-void stream_id(const char *sysid, const char *dbname, const char *tables,
-               const char *options, char out[17]);
+
+/* ==== http.c ============================================================= */
+
+/* A parsed request head: slices of the caller's buffer. */
+typedef struct http_req {
+    slice method, target, version, path, query;
+    slice key, wsver, origin, auth, xff, inm;
+    int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin;
+    size_t head_len;    /* bytes up to and including the empty line */
+} http_req;
+
+/* Parses a complete request head in b[0..n).  Returns 1 when r is filled,
+ * 0 when more bytes are needed, -1 when the head is malformed. */
+int http_parse(const char *b, size_t n, http_req *r);
+
+/* ==== stream.c =========================================================== */
+
+/* The stream identity of /health (docs/protocol.md, Resume): 16 hex
+ * digits and a NUL into out, from the database's system identifier and name
+ * and the tables and wal2json_options settings (NULL: unset), normalized so
+ * that settings with the same meaning give the same value.  Returns 0, or
+ * -1 when out of memory. */
+int stream_id(const char *sysid, const char *dbname, const char *tables,
+              const char *options, char out[17]);
 
 /* ==== snapshot.c: rendering rows as wal2json does, snapshot visibility === */
 

@@ -8,11 +8,8 @@ set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 0
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/pgcdc-leaks.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
-BIN=$OUT/pgcdc-asan
-if ! make -s web/demo.h >/dev/null 2>&1 ||
-   ! ${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O1 -g \
-        -fsanitize=address,undefined -fno-omit-frame-pointer -I"$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)" \
-        -o "$BIN" pgcdc.c sha1.c base64.c ws.c json.c grant.c -lpq 2>"$OUT/build.log"; then
+BIN=$PWD/build/pgcdc-asan
+if ! make -s asan >"$OUT/build.log" 2>&1; then
     echo "not ok - leaks: ASan build failed: $(head -c 300 "$OUT/build.log")"
     exit 0
 fi

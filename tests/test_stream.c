@@ -1,4 +1,4 @@
-/* test_stream.c -- unit tests of stream_id() (pgcdc.c), the /health
+/* test_stream.c -- unit tests of stream_id() (stream.c), the /health
  * "stream" value of docs/protocol.md: instances whose positions are
  * interchangeable must show the same value, whatever the spelling of their
  * settings, and any difference in what wal2json is asked for must show.

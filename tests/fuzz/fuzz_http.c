@@ -1,7 +1,6 @@
-/* fuzz_http.c -- libFuzzer target for the request-head parser of pgcdc.c.
+/* fuzz_http.c -- libFuzzer target for the request-head parser (http.c).
  *
- * http_parse() is static, so this file includes pgcdc.c itself (without
- * its main).  The input, in a heap buffer of exactly its size, is parsed
+ * The input, in a heap buffer of exactly its size, is parsed
  * whole and then at every shorter length (sampled for large inputs), each
  * prefix in its own exact-size buffer so that a read past the end is
  * caught.  Contract checked:
@@ -15,8 +14,12 @@
  *     target;
  *   - an accepted head has RFC 9110 token characters in every header name.
  */
-#define PGCDC_NO_MAIN
-#include "../../pgcdc.c"
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgcdc.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,0 +1,751 @@
+/* query.c -- the subscription language: query strings, percent-decoding,
+ * the types:table:filter grammar, decimal numbers, positions, the tables
+ * allow-list, and matching a wal2json change against a subscription.
+ *
+ * Pure functions over (pointer, length): no I/O, no globals.  params_parse
+ * and spec_parse allocate their result in one block; the matcher works in
+ * storage the caller gives it.  The grammar is described in
+ * docs/protocol.md, Subscriptions.
+ */
+#include "pgcdc.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- words and lists ---- */
+
+/* Case-insensitive comparison of a byte range with a NUL-terminated word. */
+int ieq(const char *s, size_t n, const char *word)
+{
+    size_t i;
+    for (i = 0; i < n && word[i]; i++)
+        if (tolower((unsigned char)s[i]) != tolower((unsigned char)word[i]))
+            return 0;
+    return i == n && word[i] == 0;
+}
+
+const char *trim(const char *s, size_t *n)
+{
+    while (*n && (*s == ' ' || *s == '\t')) {
+        s++;
+        (*n)--;
+    }
+    while (*n && (s[*n - 1] == ' ' || s[*n - 1] == '\t' || s[*n - 1] == '\r'))
+        (*n)--;
+    return s;
+}
+
+/* Does a comma-separated token list (as in Connection:) hold word? */
+int has_token(const char *s, size_t n, const char *word)
+{
+    while (n) {
+        size_t k = 0;
+        while (k < n && s[k] != ',')
+            k++;
+        size_t tn = k;
+        const char *t = trim(s, &tn);
+        if (ieq(t, tn, word))
+            return 1;
+        if (k == n)
+            break;
+        s += k + 1;
+        n -= k + 1;
+    }
+    return 0;
+}
+
+
+/* ---- percent-decoding and the query string ---- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into out (room for n+1), '+' meaning a space.
+ * Returns the length, or -1 on a bad escape or a NUL byte. */
+static long pct_decode(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            int h, l;
+            if (i + 2 >= n)
+                return -1;
+            h = hexval((unsigned char)s[i + 1]);
+            l = hexval((unsigned char)s[i + 2]);
+            if (h < 0 || l < 0)
+                return -1;
+            c = h * 16 + l;
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (c == 0)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return (long)o;
+}
+
+void params_free(ws_params *p)
+{
+    free(p->filters);
+    free(p->buf);
+    memset(p, 0, sizeof *p);
+}
+
+int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t errlen)
+{
+    size_t cnt = 1, o = 0;
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        cnt += qs[i] == '&';
+    out->buf = malloc(n + 2 * cnt + 1);
+    out->filters = malloc(cnt * sizeof *out->filters);
+    if (!out->buf || !out->filters) {
+        snprintf(err, errlen, "out of memory");
+        params_free(out);
+        return -1;
+    }
+    while (n) {
+        size_t k = 0;
+        while (k < n && qs[k] != '&')
+            k++;
+        if (k) {
+            const char *eq = memchr(qs, '=', k);
+            size_t nl = eq ? (size_t)(eq - qs) : k;
+            const char *v = eq ? eq + 1 : qs + k;
+            size_t vl = eq ? k - nl - 1 : 0;
+            char *name = out->buf + o;
+            long dn = pct_decode(qs, nl, name);
+            if (dn < 0)
+                goto bad;
+            o += (size_t)dn + 1;
+            char *val = out->buf + o;
+            long dv = pct_decode(v, vl, val);
+            if (dv < 0)
+                goto bad;
+            o += (size_t)dv + 1;
+            char **slot = NULL;
+            if (!strcmp(name, "query")) slot = &out->query;
+            else if (!strcmp(name, "token")) slot = &out->token;
+            else if (!strcmp(name, "since")) slot = &out->since;
+            else if (!strcmp(name, "grant")) slot = &out->grant;
+            else if (!strcmp(name, "filter")) out->filters[out->nfilters++] = val;
+            /* other parameters (cache busters and the like) are ignored */
+            if (slot) {
+                if (*slot) {
+                    snprintf(err, errlen, "parameter \"%s\" given more than once", name);
+                    params_free(out);
+                    return -1;
+                }
+                *slot = val;
+            }
+        }
+        if (k == n)
+            break;
+        qs += k + 1;
+        n -= k + 1;
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "malformed percent-encoding in the query string");
+    params_free(out);
+    return -1;
+}
+
+/* ---- numbers ---- */
+
+int num_parse(const char *s, size_t n, int lax, decnum *d)
+{
+    size_t i = 0;
+    memset(d, 0, sizeof *d);
+    if (i < n && (s[i] == '-' || (lax && s[i] == '+')))
+        d->neg = s[i++] == '-';
+    size_t is = i;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++;
+    size_t ilen = i - is;
+    if (!lax && (ilen == 0 || (ilen > 1 && s[is] == '0')))
+        return -1;
+    d->ip = s + is;
+    d->in = ilen;
+    while (d->in && *d->ip == '0') {
+        d->ip++;
+        d->in--;
+    }
+    if (i < n && s[i] == '.') {
+        i++;
+        size_t fs = i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+        d->fp = s + fs;
+        d->fn = i - fs;
+        if (d->fn == 0 && (!lax || ilen == 0))
+            return -1;
+    } else {
+        d->fp = s + i;
+    }
+    if (ilen == 0 && d->fn == 0)
+        return -1;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        int eneg = 0;
+        long e = 0;
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            eneg = s[i++] == '-';
+        if (i == n || s[i] < '0' || s[i] > '9')
+            return -1;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (e < 1000000000L)
+                e = e * 10 + (s[i] - '0');
+            i++;
+        }
+        d->exp = eneg ? -e : e;
+    }
+    if (i != n)
+        return -1;
+    /* trailing zeros of the fraction do not change the value */
+    while (d->fn && d->fp[d->fn - 1] == '0')
+        d->fn--;
+    return 0;
+}
+
+/* Digit k (0 = most significant) of the significant digits, '0' past the end. */
+static char num_digit(const decnum *d, size_t skip, size_t k)
+{
+    k += skip;
+    if (k < d->in)
+        return d->ip[k];
+    k -= d->in;
+    return k < d->fn ? d->fp[k] : '0';
+}
+
+/* Significant digits: count, leading fraction zeros to skip, and the decimal
+ * exponent of the first significant digit.  Returns 0 for zero. */
+static size_t num_sig(const decnum *d, size_t *skip, long *top)
+{
+    size_t lead = 0;
+    if (d->in) {
+        *skip = 0;
+        *top = (long)d->in - 1 + d->exp;
+        return d->in + d->fn;
+    }
+    while (lead < d->fn && d->fp[lead] == '0')
+        lead++;
+    if (lead == d->fn)
+        return 0;
+    *skip = lead;
+    *top = -(long)lead - 1 + d->exp;
+    return d->fn - lead;
+}
+
+int num_cmp(const decnum *a, const decnum *b)
+{
+    size_t askip = 0, bskip = 0;
+    long atop = 0, btop = 0;
+    size_t an = num_sig(a, &askip, &atop), bn = num_sig(b, &bskip, &btop);
+    int asign = an ? (a->neg ? -1 : 1) : 0;
+    int bsign = bn ? (b->neg ? -1 : 1) : 0;
+    if (asign != bsign)
+        return asign < bsign ? -1 : 1;
+    if (!asign)
+        return 0;
+    int mag;
+    if (atop != btop) {
+        mag = atop < btop ? -1 : 1;
+    } else {
+        size_t m = an > bn ? an : bn;
+        mag = 0;
+        for (size_t k = 0; k < m && !mag; k++) {
+            char x = num_digit(a, askip, k), y = num_digit(b, bskip, k);
+            if (x != y)
+                mag = x < y ? -1 : 1;
+        }
+    }
+    return asign < 0 ? -mag : mag;
+}
+
+/* ---- positions and the tables allow-list ---- */
+
+int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx)
+{
+    const char *colon = NULL;
+    for (size_t i = n; i > 0; i--)
+        if (s[i - 1] == ':') {
+            colon = s + i - 1;
+            break;
+        }
+    if (!colon || lsn_parse(s, (size_t)(colon - s), lsn))
+        return -1;
+    size_t dn = n - (size_t)(colon - s) - 1;
+    uint64_t v = 0;
+    if (dn == 0 || dn > 10)
+        return -1;
+    for (size_t i = 0; i < dn; i++) {
+        char c = colon[1 + i];
+        if (c < '0' || c > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(c - '0');
+    }
+    if (v > UINT32_MAX)
+        return -1;
+    *idx = (uint32_t)v;
+    return 0;
+}
+
+/* One part of an add-tables element, with backslash escapes: matches name? */
+static int w2j_part_match(const char *p, size_t n, const char *name)
+{
+    if (n == 1 && p[0] == '*')
+        return 1;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n)
+            c = p[++i];
+        if (name[j] != c)
+            return 0;
+        j++;
+    }
+    return name[j] == 0;
+}
+
+int tables_allow(const char *list, const char *schema, const char *tbl)
+{
+    const char *s = list;
+    if (!list)
+        return 1;
+    for (;;) {
+        size_t i = 0, dot = (size_t)-1;
+        while (s[i] && s[i] != ',') {
+            if (s[i] == '\\' && s[i + 1]) {
+                i += 2;
+                continue;
+            }
+            if (s[i] == '.' && dot == (size_t)-1)
+                dot = i;
+            i++;
+        }
+        size_t n = i;
+        const char *e = trim(s, &n);
+        if (dot != (size_t)-1) {
+            size_t d = dot - (size_t)(e - s);
+            if (w2j_part_match(e, d, schema) && w2j_part_match(e + d + 1, n - d - 1, tbl))
+                return 1;
+        } else if (n && w2j_part_match(e, n, tbl) && !strcmp(schema, "public")) {
+            return 1;   /* an unqualified name means public, as in SQL */
+        }
+        if (!s[i])
+            return 0;
+        s += i + 1;
+    }
+}
+
+/* ---- parsing a subscription ---- */
+
+/* A bump allocator over the spec's single block. */
+typedef struct arena {
+    char *p;
+    size_t used, cap;
+} arena;
+
+static void *arena_get(arena *a, size_t n)
+{
+    size_t at = (a->used + 7) & ~(size_t)7;
+    if (at + n > a->cap)
+        return NULL;   /* cannot happen: the block is sized for the worst case */
+    a->used = at + n;
+    return a->p + at;
+}
+
+static char *arena_str(arena *a, const char *s, size_t n)
+{
+    char *d = arena_get(a, n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+/* Reads a name that may be double-quoted ("" inside quotes is a quote),
+ * ending at stop or at the end.  Returns the bytes consumed or -1. */
+static long read_name(const char *s, size_t n, char stop, char *out, size_t *outn)
+{
+    size_t i = 0, o = 0;
+    if (n && s[0] == '"') {
+        for (i = 1; i < n; i++) {
+            if (s[i] == '"') {
+                if (i + 1 < n && s[i + 1] == '"') {
+                    out[o++] = '"';
+                    i++;
+                    continue;
+                }
+                i++;
+                if (i < n && s[i] != stop)
+                    return -1;
+                *outn = o;
+                return (long)i;
+            }
+            out[o++] = s[i];
+        }
+        return -1;   /* no closing quote */
+    }
+    while (i < n && s[i] != stop)
+        out[o++] = s[i++];
+    *outn = o;
+    return (long)i;
+}
+
+static int parse_types(const char *s, size_t n, uint8_t *types)
+{
+    *types = 0;
+    if (n == 0)
+        return -1;
+    for (;;) {
+        size_t k = 0;
+        while (k < n && s[k] != ',')
+            k++;
+        size_t tn = k;
+        const char *t = trim(s, &tn);
+        if (ieq(t, tn, "*")) *types |= SUB_ALL;
+        else if (ieq(t, tn, "insert")) *types |= SUB_INSERT;
+        else if (ieq(t, tn, "update")) *types |= SUB_UPDATE;
+        else if (ieq(t, tn, "delete")) *types |= SUB_DELETE;
+        else if (ieq(t, tn, "truncate")) *types |= SUB_TRUNCATE;
+        else return -1;
+        if (k == n)
+            return 0;
+        s += k + 1;
+        n -= k + 1;
+    }
+}
+
+/* Splits an in-list into values; elements may be double-quoted with \" and
+ * \\ escapes.  Returns the count, or -1. */
+static int parse_in_list(arena *a, const char *s, size_t n, fval *vals, unsigned max)
+{
+    unsigned cnt = 0;
+    if (n >= 1 && s[0] == '(') {
+        if (n < 2 || s[n - 1] != ')')
+            return -1;   /* "(a,b" */
+        s++;
+        n -= 2;
+    }
+    if (n == 0)
+        return -1;
+    /* every element's bytes plus its NUL fit in n + max bytes */
+    char *pool = arena_get(a, n + max + 1);
+    size_t used = 0, i = 0;
+    if (!pool)
+        return -1;
+    for (;;) {
+        char *buf = pool + used;
+        size_t o = 0;
+        if (cnt == max)
+            return -1;
+        if (i < n && s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++) {
+                if (s[i] == '\\' && i + 1 < n && (s[i + 1] == '"' || s[i + 1] == '\\'))
+                    i++;
+                buf[o++] = s[i];
+            }
+            if (i == n)
+                return -1;   /* unterminated quote */
+            i++;
+            if (i < n && s[i] != ',')
+                return -1;
+        } else {
+            while (i < n && s[i] != ',')
+                buf[o++] = s[i++];
+        }
+        buf[o] = 0;
+        used += o + 1;
+        vals[cnt].s = buf;
+        vals[cnt].n = o;
+        vals[cnt].isnum = num_parse(buf, o, 1, &vals[cnt].num) == 0;
+        cnt++;
+        if (i == n)
+            return (int)cnt;
+        i++;   /* the comma */
+    }
+}
+
+static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filter *f)
+{
+    size_t n = strlen(s), cn = 0;
+    char *col = arena_get(a, n + 1);
+    long used = col ? read_name(s, n, '.', col, &cn) : -1;
+    memset(f, 0, sizeof *f);
+    f->text = arena_str(a, s, n);
+    if (!col || !f->text) {
+        snprintf(err, errlen, "query too long");
+        return -1;
+    }
+    if (used < 0 || (size_t)used >= n || cn == 0) {
+        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
+        return -1;
+    }
+    col[cn] = 0;
+    f->col = col;
+    f->col_len = cn;
+    const char *op = s + used + 1;
+    const char *dot = strchr(op, '.');
+    if (!dot) {
+        snprintf(err, errlen, "bad filter \"%s\": expected column.operator.value", s);
+        return -1;
+    }
+    size_t on = (size_t)(dot - op);
+    const char *val = dot + 1;
+    size_t vn = strlen(val);
+    static const char *ops[] = { "eq", "neq", "lt", "lte", "gt", "gte", "in", "is" };
+    unsigned k;
+    for (k = 0; k < 8; k++)
+        if (strlen(ops[k]) == on && !memcmp(op, ops[k], on))
+            break;
+    if (k == 8) {
+        snprintf(err, errlen, "unknown operator \"%.*s\" in filter \"%s\" (expected eq, neq, lt, lte, gt, gte, in or is)",
+                 (int)on, op, s);
+        return -1;
+    }
+    f->op = (uint8_t)k;
+    if (k == OP_IS) {
+        if (!strcmp(val, "null")) f->is = IS_NULL;
+        else if (!strcmp(val, "true")) f->is = IS_TRUE;
+        else if (!strcmp(val, "false")) f->is = IS_FALSE;
+        else {
+            snprintf(err, errlen, "bad filter \"%s\": is takes null, true or false", s);
+            return -1;
+        }
+        return 0;
+    }
+    if (k == OP_IN) {
+        unsigned max = (unsigned)vn + 1;
+        f->vals = arena_get(a, max * sizeof(fval));
+        int cnt = f->vals ? parse_in_list(a, val, vn, f->vals, max) : -1;
+        if (cnt < 0) {
+            snprintf(err, errlen, "bad filter \"%s\": in takes (a,b,...) with optional \"quoted\" elements", s);
+            return -1;
+        }
+        f->nvals = (unsigned)cnt;
+        return 0;
+    }
+    f->vals = arena_get(a, sizeof(fval));
+    char *vs = arena_str(a, val, vn);
+    if (!f->vals || !vs) {
+        snprintf(err, errlen, "query too long");
+        return -1;
+    }
+    f->nvals = 1;
+    f->vals[0].s = vs;
+    f->vals[0].n = vn;
+    f->vals[0].isnum = num_parse(f->vals[0].s, vn, 1, &f->vals[0].num) == 0;
+    return 0;
+}
+
+/* Writes the canonical key of sp into out (snprintf-like: returns the full
+ * length; out may be NULL when cap is 0).  Parts are length-prefixed, so no
+ * two different specs can share a key. */
+static size_t key_write(const spec *sp, char *out, size_t cap)
+{
+    size_t n = 0;
+    int w = snprintf(out, cap, "%u|%zu:%s|%zu:%s", sp->types, strlen(sp->schema), sp->schema,
+                     strlen(sp->table), sp->table);
+    n += w > 0 ? (size_t)w : 0;
+    for (unsigned i = 0; i < sp->nfilters; i++) {
+        const char *t = sp->filters[i].text;
+        w = snprintf(out ? out + (n < cap ? n : cap) : NULL, n < cap ? cap - n : 0,
+                     "|%zu:%s", strlen(t), t);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    return n;
+}
+
+spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
+                 char *err, size_t errlen)
+{
+    size_t total = strlen(query) + 1;
+    for (unsigned i = 0; i < nfilters; i++)
+        total += strlen(filters[i]) + 1;
+    unsigned nf = nfilters + 1;
+    /* worst case: names twice, each filter's text, column and values
+     * (about 4 times its length), the key (twice the text) */
+    size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
+                 8 * total + 64 * nf + 512;
+    arena a = { malloc(cap), 0, cap };
+    if (!a.p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    spec *sp = arena_get(&a, sizeof *sp);
+    memset(sp, 0, sizeof *sp);
+    sp->filters = arena_get(&a, nf * sizeof(filter));
+
+    const char *c1 = strchr(query, ':');
+    if (!*query) {
+        snprintf(err, errlen, "empty query: expected types:table[:filter]");
+        goto fail;
+    }
+    if (!c1) {
+        snprintf(err, errlen, "bad query \"%s\": expected types:table[:filter]", query);
+        goto fail;
+    }
+    if (parse_types(query, (size_t)(c1 - query), &sp->types)) {
+        snprintf(err, errlen, "bad change types \"%.*s\": expected a comma list of insert, update, delete, truncate, or *",
+                 (int)(c1 - query), query);
+        goto fail;
+    }
+    const char *tstart = c1 + 1;
+    const char *c2 = strchr(tstart, ':');
+    size_t tn = c2 ? (size_t)(c2 - tstart) : strlen(tstart);
+    char *p1 = arena_get(&a, tn + 1), *p2 = arena_get(&a, tn + 1);
+    size_t n1 = 0, n2 = 0;
+    if (!sp->filters || !p1 || !p2) {
+        snprintf(err, errlen, "query too long");
+        goto fail;
+    }
+    long u1 = read_name(tstart, tn, '.', p1, &n1);
+    if (u1 < 0 || n1 == 0) {
+        snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
+        goto fail;
+    }
+    p1[n1] = 0;
+    if ((size_t)u1 < tn) {
+        long u2 = read_name(tstart + u1 + 1, tn - (size_t)u1 - 1, 0, p2, &n2);
+        if (u2 < 0 || n2 == 0 || (size_t)u1 + 1 + (size_t)u2 != tn) {
+            snprintf(err, errlen, "bad table name \"%.*s\"", (int)tn, tstart);
+            goto fail;
+        }
+        p2[n2] = 0;
+        sp->schema = p1;
+        sp->table = p2;
+    } else {
+        sp->schema = arena_str(&a, "public", 6);
+        sp->table = p1;
+    }
+    if (c2) {
+        if (parse_filter(&a, c2 + 1, err, errlen, &sp->filters[sp->nfilters]))
+            goto fail;
+        sp->nfilters++;
+    }
+    for (unsigned i = 0; i < nfilters; i++) {
+        if (parse_filter(&a, filters[i], err, errlen, &sp->filters[sp->nfilters]))
+            goto fail;
+        sp->nfilters++;
+    }
+    /* canonical key: length-prefixed parts, so no two specs can collide */
+    size_t kn = key_write(sp, NULL, 0);
+    sp->key = arena_get(&a, kn + 1);
+    if (sp->key)
+        key_write(sp, sp->key, kn + 1);
+    if (!sp->key) {
+        snprintf(err, errlen, "query too long");
+        goto fail;
+    }
+    return sp;
+fail:
+    free(a.p);
+    return NULL;
+}
+
+/* ---- matching a change ---- */
+
+static const w2j_col *find_col(const w2j_col *cols, unsigned n, const filter *f)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (json_str_eq(cols[i].name, f->col, f->col_len))
+            return &cols[i];
+    return NULL;
+}
+
+/* Compares a column's value with a filter value: <0, 0, >0. */
+static int value_cmp(const w2j_col *c, const fval *v, char *scratch, size_t scratch_cap)
+{
+    const char *t = c->value.p;
+    size_t tn = c->value.n;
+    if (c->vtype == JSON_NUMBER && v->isnum) {
+        decnum d;
+        if (num_parse(t, tn, 0, &d) == 0)
+            return num_cmp(&d, &v->num);
+    }
+    if (c->vtype == JSON_STRING && memchr(t, '\\', tn)) {
+        long un = json_unescape(t, tn, scratch, scratch_cap);
+        if (un < 0)
+            return 1;   /* cannot happen for what the tokenizer accepted */
+        t = scratch;
+        tn = (size_t)un;
+    }
+    size_t m = tn < v->n ? tn : v->n;
+    int r = memcmp(t, v->s, m);
+    if (r)
+        return r;
+    return tn < v->n ? -1 : tn > v->n;
+}
+
+static int filter_eval(const filter *f, const w2j_col *c, char *scratch, size_t cap)
+{
+    if (!c)
+        return 0;
+    if (f->op == OP_IS)
+        return (f->is == IS_NULL && c->vtype == JSON_NULL) ||
+               (f->is == IS_TRUE && c->vtype == JSON_TRUE) ||
+               (f->is == IS_FALSE && c->vtype == JSON_FALSE);
+    if (c->vtype == JSON_NULL || c->vtype == JSON_NONE)
+        return 0;
+    if (f->op == OP_IN) {
+        for (unsigned i = 0; i < f->nvals; i++)
+            if (value_cmp(c, &f->vals[i], scratch, cap) == 0)
+                return 1;
+        return 0;
+    }
+    int r = value_cmp(c, &f->vals[0], scratch, cap);
+    switch (f->op) {
+    case OP_EQ: return r == 0;
+    case OP_NEQ: return r != 0;
+    case OP_LT: return r < 0;
+    case OP_LTE: return r <= 0;
+    case OP_GT: return r > 0;
+    default: return r >= 0;
+    }
+}
+
+uint8_t action_bit(char a)
+{
+    switch (a) {
+    case 'I': return SUB_INSERT;
+    case 'U': return SUB_UPDATE;
+    case 'D': return SUB_DELETE;
+    case 'T': return SUB_TRUNCATE;
+    default: return 0;
+    }
+}
+
+int spec_match(const spec *s, const w2j_record *r, char *scratch, size_t cap)
+{
+    uint8_t bit = action_bit(r->action);
+    if (!(s->types & bit))
+        return 0;
+    if (bit == SUB_TRUNCATE)
+        return 1;
+    for (unsigned i = 0; i < s->nfilters; i++) {
+        const filter *f = &s->filters[i];
+        const w2j_col *c = NULL;
+        if (bit != SUB_DELETE)
+            c = find_col(r->cols, r->ncols, f);
+        if (!c && bit != SUB_INSERT)   /* update: unchanged TOAST; delete: old key */
+            c = find_col(r->cols + r->ncols, r->nident, f);
+        if (!filter_eval(f, c, scratch, cap))
+            return 0;
+    }
+    return 1;
+}
+
