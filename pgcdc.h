@@ -286,7 +286,10 @@ typedef struct filter {
     size_t col_len;
     fval *vals;         /* one for eq..gte, one or more for in */
     unsigned nvals;
-    char *text;         /* the filter as written (decoded), for grants */
+    char *text;         /* the filter as written (decoded), for grants; for
+                           a rule's filter with a claim put in, the rule's
+                           text and the values (hex), for the key only */
+    uint8_t from_rule;  /* added by a [rules] entry, not by the client */
 } filter;
 
 /* A parsed subscription; everything lives in one allocation (free(spec)). */
@@ -295,6 +298,8 @@ typedef struct spec {
     char *schema, *table;
     filter *filters;
     unsigned nfilters;
+    char **cols;        /* columns= projection: names sorted bytewise, */
+    unsigned ncols;     /* no duplicates; 0: every column */
     char *key;          /* canonical text: identical specs share a group */
 } spec;
 
@@ -304,6 +309,7 @@ typedef struct ws_params {
     char **filters;     /* extra filter= values */
     unsigned nfilters;
     char *token, *since, *grant;
+    char *columns;      /* columns= list as written, NULL when absent */
     char *buf;          /* owns the strings above */
 } ws_params;
 
@@ -317,6 +323,45 @@ void params_free(ws_params *p);
  * memory). */
 spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
                  char *err, size_t errlen);
+
+/* A [rules] entry (docs/protocol.md, Rules): the filters a JWT client's
+ * subscriptions to one table (or to any, "*") must also pass, with claim
+ * placeholders, and the columns it may receive. */
+typedef struct rule {
+    char *schema, *table;   /* both NULL for the "*" rule */
+    spec *sp;               /* the filters (and ;columns= in sp->cols) */
+    char **paths;           /* per filter: its placeholder's claim path, or NULL */
+    int line;               /* where it was configured */
+} rule;
+
+/* A claim's value put in for a placeholder: raw bytes (a string claim
+ * unescaped, a number as written). */
+typedef struct rule_value {
+    const char *s;
+    size_t n;
+} rule_value;
+
+/* Parses a [rules] key (schema.table, "quoted"."names", a bare table of
+ * public, or "*") and value (filters joined by '&', or "allow", optionally
+ * followed by ";columns=a,b").  A value that is exactly {dotted.path} is a
+ * placeholder (not for is); any other brace is an error.  Returns 0, or -1
+ * with the reason in err. */
+int rule_parse(const char *key, const char *value, rule *out, char *err, size_t errlen);
+void rule_free(rule *r);
+/* The rule for schema.table: its own, else "*", else NULL. */
+const rule *rule_find(const rule *rules, unsigned n, const char *schema, const char *table);
+/* spec_parse, plus the columns= list (NULL: none) and a rule (NULL: none)
+ * whose filters are AND-ed after the client's, placeholder filter i taking
+ * vals[i][0..nvals[i]) as its values; they are never read as grammar.  With
+ * a rule that limits columns, the client's columns must be among them
+ * (else 403), and no columns= means the rule's.  Returns a spec to free(),
+ * or NULL with the reason in err and the status (400 or 403) in *status. */
+spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
+                 const char *columns, const rule *r, const rule_value *const *vals,
+                 const unsigned *nvals, int *status, char *err, size_t errlen);
+/* Is name[0..n) (raw bytes) among the spec's projected columns (or is there
+ * no projection)? */
+int spec_has_col(const spec *sp, const char *name, size_t n);
 /* SUB_* bit of a wal2json action letter ('I', 'U', 'D', 'T'), else 0. */
 uint8_t action_bit(char a);
 /* Does the change r (of spec's table) match the spec's types and filters?

@@ -139,6 +139,7 @@ int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t err
             else if (!strcmp(name, "token")) slot = &out->token;
             else if (!strcmp(name, "since")) slot = &out->since;
             else if (!strcmp(name, "grant")) slot = &out->grant;
+            else if (!strcmp(name, "columns")) slot = &out->columns;
             else if (!strcmp(name, "filter")) out->filters[out->nfilters++] = val;
             /* other parameters (cache busters and the like) are ignored */
             if (slot) {
@@ -563,25 +564,152 @@ static size_t key_write(const spec *sp, char *out, size_t cap)
     n += w > 0 ? (size_t)w : 0;
     for (unsigned i = 0; i < sp->nfilters; i++) {
         const char *t = sp->filters[i].text;
+        /* a rule's filter is marked, so no client text can stand for it */
         w = snprintf(out ? out + (n < cap ? n : cap) : NULL, n < cap ? cap - n : 0,
-                     "|%zu:%s", strlen(t), t);
+                     "|%s%zu:%s", sp->filters[i].from_rule ? "R" : "", strlen(t), t);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    for (unsigned i = 0; i < sp->ncols; i++) {
+        w = snprintf(out ? out + (n < cap ? n : cap) : NULL, n < cap ? cap - n : 0,
+                     "|C%zu:%s", strlen(sp->cols[i]), sp->cols[i]);
         n += w > 0 ? (size_t)w : 0;
     }
     return n;
 }
 
-spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
-                 char *err, size_t errlen)
+#define MAX_COLUMNS 1600   /* PostgreSQL's limit on a table's columns */
+
+static int str_cmp(const void *a, const void *b)
 {
-    size_t total = strlen(query) + 1;
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Parses a columns= list ("a,b", names may be double-quoted) into sorted,
+ * distinct names in the arena.  Returns the count, or -1. */
+static int parse_columns(arena *a, const char *s, char ***out)
+{
+    size_t n = strlen(s), i = 0;
+    unsigned cnt = 0, max = 1;
+    for (size_t k = 0; k < n; k++)
+        max += s[k] == ',';
+    char **names = arena_get(a, max * sizeof *names);
+    if (!names || n == 0)
+        return -1;
+    for (;;) {
+        char *buf = arena_get(a, n - i + 1);
+        size_t bn = 0;
+        long used = buf ? read_name(s + i, n - i, ',', buf, &bn) : -1;
+        if (used < 0 || bn == 0 || memchr(buf, 0, bn) || cnt == MAX_COLUMNS)
+            return -1;
+        buf[bn] = 0;
+        names[cnt++] = buf;
+        i += (size_t)used;
+        if (i == n)
+            break;
+        i++;   /* the comma */
+        if (i == n)
+            return -1;   /* a trailing comma: an empty name */
+    }
+    qsort(names, cnt, sizeof *names, str_cmp);
+    unsigned o = 0;
+    for (unsigned k = 0; k < cnt; k++)
+        if (o == 0 || strcmp(names[o - 1], names[k]))
+            names[o++] = names[k];
+    *out = names;
+    return (int)o;
+}
+
+static int has_name(char *const *names, unsigned n, const char *name, size_t len)
+{
+    unsigned lo = 0, hi = n;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        size_t mn = strlen(names[mid]);
+        int c = memcmp(names[mid], name, mn < len ? mn : len);
+        if (c == 0)
+            c = mn < len ? -1 : mn > len;
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+int spec_has_col(const spec *sp, const char *name, size_t n)
+{
+    return sp->ncols == 0 || has_name(sp->cols, sp->ncols, name, n);
+}
+
+/* The values of a claim, put into a copy of the rule's filter f: never
+ * parsed, only numbers recognised as numbers as any value is.  The text
+ * (for the key) is the rule's text then each value in hex. */
+static int rule_filter(arena *a, filter *f, const rule_value *v, unsigned nv)
+{
+    size_t tl = strlen(f->text) + 2;
+    for (unsigned i = 0; i < nv; i++)
+        tl += 2 * v[i].n + 1;
+    char *text = arena_get(a, tl);
+    fval *vals = arena_get(a, (nv ? nv : 1) * sizeof *vals);
+    if (!text || !vals)
+        return -1;
+    static const char hex[] = "0123456789abcdef";
+    size_t o = (size_t)snprintf(text, tl, "%s=", f->text);
+    for (unsigned i = 0; i < nv; i++) {
+        char *vs = arena_str(a, v[i].s, v[i].n);
+        if (!vs)
+            return -1;
+        vals[i].s = vs;
+        vals[i].n = v[i].n;
+        vals[i].isnum = num_parse(vs, v[i].n, 1, &vals[i].num) == 0;
+        for (size_t k = 0; k < v[i].n; k++) {
+            text[o++] = hex[(unsigned char)v[i].s[k] >> 4];
+            text[o++] = hex[(unsigned char)v[i].s[k] & 15];
+        }
+        if (i + 1 < nv)
+            text[o++] = ',';
+    }
+    text[o] = 0;
+    f->text = text;
+    f->vals = vals;
+    f->nvals = nv;
+    return 0;
+}
+
+spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
+                 const char *columns, const rule *r, const rule_value *const *vals,
+                 const unsigned *nvals, int *status, char *err, size_t errlen)
+{
+    size_t total = strlen(query) + 1 + (columns ? strlen(columns) + 1 : 0);
     for (unsigned i = 0; i < nfilters; i++)
         total += strlen(filters[i]) + 1;
-    unsigned nf = nfilters + 1;
+    unsigned nf = nfilters + 1, ncols_max = columns ? 1 : 0;
+    if (columns)
+        for (const char *c = columns; *c; c++)
+            ncols_max += *c == ',';
+    size_t extra = 0;
+    if (r) {
+        nf += r->sp->nfilters;
+        ncols_max += r->sp->ncols;
+        for (unsigned i = 0; i < r->sp->ncols; i++)
+            extra += strlen(r->sp->cols[i]) + 16;
+        for (unsigned i = 0; i < r->sp->nfilters; i++) {
+            size_t t = strlen(r->sp->filters[i].text) + 1;
+            extra += 8 * t + 64 + sizeof(filter) + (t + 1) * sizeof(fval);
+            if (r->paths[i])
+                for (unsigned k = 0; k < nvals[i]; k++)
+                    extra += 3 * vals[i][k].n + sizeof(fval) + 32;
+        }
+    }
     /* worst case: names twice, each filter's text, column and values
-     * (about 4 times its length), the key (twice the text) */
+     * (about 4 times its length), the key (twice the text), the columns
+     * (names, pointers, and their share of the key) */
     size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
-                 8 * total + 64 * nf + 512;
+                 8 * total + 64 * nf + 512 + 2 * extra + ncols_max * (sizeof(char *) + 32);
     arena a = { malloc(cap), 0, cap };
+    *status = 400;
     if (!a.p) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -642,6 +770,47 @@ spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
             goto fail;
         sp->nfilters++;
     }
+    if (columns) {
+        int k = parse_columns(&a, columns, &sp->cols);
+        if (k < 0) {
+            snprintf(err, errlen, "bad columns \"%.200s\": expected a comma list of column names", columns);
+            goto fail;
+        }
+        sp->ncols = (unsigned)k;
+    }
+    if (r) {
+        /* the rule's grammar was checked at start-up; its text is parsed
+         * again here, the claims' values are only copied in */
+        for (unsigned i = 0; i < r->sp->nfilters; i++) {
+            filter *f = &sp->filters[sp->nfilters];
+            if (parse_filter(&a, r->sp->filters[i].text, err, errlen, f))
+                goto fail;
+            if (r->paths[i] && rule_filter(&a, f, vals[i], nvals[i])) {
+                snprintf(err, errlen, "query too long");
+                goto fail;
+            }
+            f->from_rule = 1;
+            sp->nfilters++;
+        }
+        if (r->sp->ncols && sp->ncols) {
+            for (unsigned i = 0; i < sp->ncols; i++)
+                if (!has_name(r->sp->cols, r->sp->ncols, sp->cols[i], strlen(sp->cols[i]))) {
+                    *status = 403;
+                    snprintf(err, errlen, "column \"%.100s\" is not among the columns the rule allows",
+                             sp->cols[i]);
+                    goto fail;
+                }
+        } else if (r->sp->ncols) {
+            sp->cols = arena_get(&a, r->sp->ncols * sizeof *sp->cols);
+            if (!sp->cols) {
+                snprintf(err, errlen, "query too long");
+                goto fail;
+            }
+            for (unsigned i = 0; i < r->sp->ncols; i++)
+                sp->cols[i] = arena_str(&a, r->sp->cols[i], strlen(r->sp->cols[i]));
+            sp->ncols = r->sp->ncols;
+        }
+    }
     /* canonical key: length-prefixed parts, so no two specs can collide */
     size_t kn = key_write(sp, NULL, 0);
     sp->key = arena_get(&a, kn + 1);
@@ -655,6 +824,174 @@ spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
 fail:
     free(a.p);
     return NULL;
+}
+
+spec *spec_parse(const char *query, char *const *filters, unsigned nfilters,
+                 char *err, size_t errlen)
+{
+    int status;
+    return spec_build(query, filters, nfilters, NULL, NULL, NULL, NULL, &status, err, errlen);
+}
+
+/* ---- [rules] ---- */
+
+/* Is s[0..n) "{a.b_c}": a dotted path of [A-Za-z0-9_-] words in braces? */
+static int placeholder(const char *s, size_t n)
+{
+    if (n < 3 || s[0] != '{' || s[n - 1] != '}')
+        return 0;
+    int word = 0;
+    for (size_t i = 1; i + 1 < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (!word)
+                return 0;
+            word = 0;
+        } else if (isalnum(c) || c == '_' || c == '-') {
+            word = 1;
+        } else {
+            return 0;
+        }
+    }
+    return word;
+}
+
+void rule_free(rule *r)
+{
+    if (r->sp && r->paths)
+        for (unsigned i = 0; i < r->sp->nfilters; i++)
+            free(r->paths[i]);
+    free(r->paths);
+    free(r->sp);
+    free(r->schema);
+    free(r->table);
+    memset(r, 0, sizeof *r);
+}
+
+int rule_parse(const char *key, const char *value, rule *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    size_t kn = strlen(key);
+    if (strcmp(key, "*") != 0) {
+        char *p1 = malloc(kn + 1), *p2 = malloc(kn + 1);
+        size_t n1 = 0, n2 = 0;
+        long u1 = p1 ? read_name(key, kn, '.', p1, &n1) : -1, u2 = 0;
+        if (u1 >= 0 && (size_t)u1 < kn && p2)
+            u2 = read_name(key + u1 + 1, kn - (size_t)u1 - 1, 0, p2, &n2);
+        if (!p1 || !p2 || u1 < 0 || n1 == 0 ||
+            ((size_t)u1 < kn && (u2 < 0 || n2 == 0 || (size_t)u1 + 1 + (size_t)u2 != kn))) {
+            free(p1);
+            free(p2);
+            snprintf(err, errlen, "bad table \"%.100s\": expected schema.table, \"quoted\".\"names\" or *", key);
+            return -1;
+        }
+        p1[n1] = 0;
+        p2[n2] = 0;
+        if ((size_t)u1 < kn) {
+            out->schema = p1;
+            out->table = p2;
+        } else {
+            free(p2);
+            out->schema = malloc(7);
+            if (out->schema)
+                memcpy(out->schema, "public", 7);
+            out->table = p1;
+        }
+    }
+
+    /* filters&filters[;columns=list] or allow[;columns=list] */
+    size_t vn = strlen(value);
+    const char *semi = memchr(value, ';', vn);
+    size_t fn = semi ? (size_t)(semi - value) : vn;
+    const char *cols = NULL;
+    if (semi) {
+        if (strncmp(semi + 1, "columns=", 8) != 0) {
+            snprintf(err, errlen, "after ';' a rule takes only columns=a,b,...");
+            goto fail;
+        }
+        cols = semi + 9;
+    }
+    if (fn == 0) {
+        snprintf(err, errlen, "empty rule: write filters joined by '&', or allow");
+        goto fail;
+    }
+    size_t parts = 1;
+    for (size_t i = 0; i < fn; i++)
+        parts += value[i] == '&';
+    char *fbuf = malloc(fn + 1);
+    char **fl = malloc(parts * sizeof *fl);
+    unsigned nf = 0;
+    if (!fbuf || !fl) {
+        free(fbuf);
+        free(fl);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    memcpy(fbuf, value, fn);
+    fbuf[fn] = 0;
+    if (strcmp(fbuf, "allow") != 0) {
+        for (char *p = fbuf;;) {
+            char *amp = strchr(p, '&');
+            if (amp)
+                *amp = 0;
+            fl[nf++] = p;
+            if (!amp)
+                break;
+            p = amp + 1;
+        }
+    }
+    int st;
+    out->sp = spec_build("*:rule", fl, nf, cols, NULL, NULL, NULL, &st, err, errlen);
+    free(fl);
+    if (!out->sp) {
+        free(fbuf);
+        goto fail;
+    }
+    out->paths = calloc(out->sp->nfilters + 1, sizeof *out->paths);
+    if (!out->paths) {
+        free(fbuf);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (unsigned i = 0; i < out->sp->nfilters; i++) {
+        const filter *f = &out->sp->filters[i];
+        int braces = 0;
+        for (unsigned k = 0; k < f->nvals; k++)
+            braces |= memchr(f->vals[k].s, '{', f->vals[k].n) || memchr(f->vals[k].s, '}', f->vals[k].n);
+        if (!braces)
+            continue;
+        if (f->nvals != 1 || !placeholder(f->vals[0].s, f->vals[0].n)) {
+            snprintf(err, errlen, "unknown placeholder syntax in \"%.200s\": a value is a whole "
+                     "{claim.path} or has no braces", f->text);
+            free(fbuf);
+            goto fail;
+        }
+        out->paths[i] = malloc(f->vals[0].n - 1);
+        if (!out->paths[i]) {
+            free(fbuf);
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        memcpy(out->paths[i], f->vals[0].s + 1, f->vals[0].n - 2);
+        out->paths[i][f->vals[0].n - 2] = 0;
+    }
+    free(fbuf);
+    return 0;
+fail:
+    rule_free(out);
+    return -1;
+}
+
+const rule *rule_find(const rule *rules, unsigned n, const char *schema, const char *table)
+{
+    const rule *any = NULL;
+    for (unsigned i = 0; i < n; i++) {
+        if (!rules[i].table)
+            any = &rules[i];
+        else if (!strcmp(rules[i].schema, schema) && !strcmp(rules[i].table, table))
+            return &rules[i];
+    }
+    return any;
 }
 
 /* ---- matching a change ---- */
