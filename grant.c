@@ -1,5 +1,5 @@
-/* grant.c -- verification of signed grants (docs/protocol.md, "Signed
- * grants").
+/* grant.c -- verification of signed grants (docs/protocol.md,
+ * Grants).
  *
  * A grant is base64url(payload) "." base64url(HMAC-SHA1(secret, payload)),
  * payload = "exp=<unix seconds>&query=<q>[&filter=<f>]..." percent-encoded as

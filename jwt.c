@@ -1,5 +1,5 @@
 /* jwt.c -- JSON Web Token verification for JWT access (docs/protocol.md,
- * "JWT access and per-table rules").
+ * JWT and Rules).
  *
  * Speaks this subset of the JOSE family:
  *   - RFC 7519 / RFC 7515 compact serialization: three base64url parts

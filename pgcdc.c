@@ -1716,7 +1716,7 @@ static void handle_ws_request(client *c, http_req *r)
     lookup_start(c, sp);
 }
 
-/* Signed grants (docs/protocol.md, "Signed grants"): 0 accepted, else the
+/* Signed grants (docs/protocol.md, Grants): 0 accepted, else the
  * response is sent. */
 static int grant_check(client *c, const spec *sp)
 {

@@ -467,7 +467,7 @@ int xid_visible(uint32_t xid, uint64_t xmin, uint64_t xmax, const uint64_t *xip,
 
 /* ==== grant.c ============================================================ */
 
-/* Verifies a signed grant (docs/protocol.md, "Signed grants") for the
+/* Verifies a signed grant (docs/protocol.md, Grants) for the
  * subscription sp at unix time now, under secret[0..slen).  Returns 0 (and
  * the grant's expiry in *exp), 401 (missing, malformed, bad signature or
  * expired) or 403 (asks for more than granted), with the reason in err

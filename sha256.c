@@ -2,7 +2,7 @@
  *
  * Used to verify JSON Web Tokens: HS256 is HMAC-SHA256 over the token's
  * signing input, and RS256 signs the SHA-256 digest of it (docs/protocol.md,
- * "JWT access").  The interface mirrors sha1.c: init/update/final, a one-shot
+ * JWT).  The interface mirrors sha1.c: init/update/final, a one-shot
  * helper and the HMAC.
  *
  * Tested (tests/test_sha256.c) with the FIPS 180-4 examples:

@@ -1,5 +1,5 @@
 /* snapshot.c -- the pure parts of a table snapshot (docs/protocol.md,
- * "Initial state").
+ * Snapshots).
  *
  * A snapshot sends the rows a table holds as wal2json would have written an
  * insert of each, then the changes the snapshot does not contain.  This unit

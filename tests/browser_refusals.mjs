@@ -1,5 +1,6 @@
 // browser_refusals.mjs -- what a page in headless Chromium sees when pgcdc
-// refuses a WebSocket subscription (docs/protocol.md, "HTTP"): a page on
+// refuses a WebSocket subscription (docs/protocol.md,
+// Refusals for browsers): a page on
 // pgcdc's own origin gets close 4000 + status with the one-line reason; a
 // page on another origin is refused outright (the browser reports 1006 and
 // the socket never opens).  Driven by browser.sh through the environment:

@@ -550,6 +550,56 @@ def t_protocol_examples():
     assert theirs == readme, "docs/protocol.md, Examples differs from README's messages"
 
 
+def protocol_headings():
+    with open(PROTOCOL, encoding="utf-8") as f:
+        return [line.lstrip("#").strip() for line in strip_fences(f.read()).split("\n")
+                if re.match(r"^#{1,6} ", line)]
+
+
+def cited_names(text):
+    """The section names a source file cites as "docs/protocol.md, Name",
+    "docs/protocol.md (Name, ...)" or "docs/protocol.md's Name", with
+    comment continuations joined."""
+    text = re.sub(r"\n[ \t]*(?:\*(?!/)|//|#)?[ \t]*", " ", text)
+    out = []
+    for m in re.finditer(r"docs/protocol\.md(,| \(|'s) *([^)\n]{0,80})", text):
+        kind, rest = m.group(1), m.group(2)
+        items = [rest] if kind in (",", "'s") else rest.split(",")
+        if kind == ",":
+            rest = re.split(r"[;:.)]", rest)[0]
+            items = [rest]
+        for it in items[:1] if kind in (",", "'s") else items:
+            it = it.strip().strip('"').strip()
+            if it:
+                out.append(it)
+    return out
+
+
+def t_citations():
+    """Every citation of docs/protocol.md in the sources names one of its
+    sections (sections are named, never numbered), and nothing cites the
+    contract under any other name."""
+    heads = [h.lower() for h in protocol_headings()]
+    files = subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True).stdout.split()
+    bad = []
+    other = re.compile("SPEC" + r"(\.md| section| §)")
+    for f in files:
+        if f.startswith("docs/") or f == "tests/readme.py" or not f.endswith((".c", ".h", ".py", ".sh", ".js", ".mjs", ".html", "Makefile")):
+            continue
+        try:
+            with open(os.path.join(ROOT, f), encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if other.search(text):
+            bad.append("%s cites the contract by another name" % f)
+        for name in cited_names(text):
+            low = name.lower()
+            if not any(low == h or (low.startswith(h) and not low[len(h)].isalnum()) for h in heads):
+                bad.append("%s: %r" % (f, name[:50]))
+    assert not bad, "citations that name no section of docs/protocol.md:\n  " + "\n  ".join(bad)
+
+
 # ---- main -----------------------------------------------------------------------
 
 def main():
@@ -572,7 +622,8 @@ def main():
             ("readme: each readable example URL decodes like its encoded form", t_example_pairs),
             ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
             ("readme, protocol: every configuration key is in both tables and the example file", lambda: t_config_keys_documented(pgcdc)),
-            ("protocol: its example messages are README's", t_protocol_examples)):
+            ("protocol: its example messages are README's", t_protocol_examples),
+            ("protocol: every citation of it in the sources names one of its sections", t_citations)):
         if want(name):
             harness.run_test(name, fn)
 
