@@ -26,6 +26,9 @@
  * must not be able to see a different value than the filter did.
  */
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "pgcdc.h"
 
@@ -567,8 +570,508 @@ static int action_char(const char *buf, const json_tok *t)
     return n == 1 ? (unsigned char)out[0] : -1;
 }
 
-int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
-              w2j_col *cols, unsigned ncap, w2j_record *r)
+/* ==== the fast path for wal2json records ================================== */
+
+/* w2j_parse() first tries one pass over the record that validates it as
+ * strictly as json_parse() and fills the record directly, with no tokens.
+ * It gives up (returns -1) on anything unusual: an escaped member name, a
+ * repeated member, "identity" before "columns", deep nesting, more tokens
+ * than the caller's toks[] would hold, more columns than cols[], a string
+ * that is not valid UTF-8, or any error at all.  Then the tokenizer path
+ * below decides, so that path alone defines what is accepted and which
+ * error is returned; the fast path only has to agree with it whenever it
+ * succeeds (tests/test_json.c and the json fuzzer compare the two).
+ *
+ * When it succeeds, every string of the record is valid UTF-8 and
+ * everything outside strings is ASCII (JSON allows nothing else there), so
+ * the whole record is valid UTF-8: r->utf8 says so, and the caller need
+ * not check again. */
+
+#if defined(__GNUC__)
+#define FP_INLINE static inline __attribute__((always_inline))
+#else
+#define FP_INLINE static inline
+#endif
+
+#define FP_DEPTH 32     /* deeper values are left to the tokenizer path */
+
+/* Do the 8 bytes at p (which exist) equal the 8 bytes of w? */
+FP_INLINE int at8(const unsigned char *p, const char *w)
+{
+    uint64_t a, b;
+    memcpy(&a, p, 8);
+    memcpy(&b, w, 8);
+    return a == b;
+}
+
+/* The first byte at or after p that is '"', '\\', below 0x20 or above
+ * 0x7f, or end. */
+FP_INLINE const unsigned char *str_stop(const unsigned char *p, const unsigned char *end)
+{
+#if defined(__SSE2__) && defined(__GNUC__)
+    /* sixteen bytes at a time: a signed compare with 0x20 catches both the
+     * control bytes and those with the high bit */
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                   _mm_cmplt_epi8(v, space));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit);
+        if (m)
+            return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* eight bytes at a time: a byte is flagged when it equals '"' or '\\',
+     * is below 0x20 or has its high bit; the lowest flag is a true one */
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t v, q, b;
+        memcpy(&v, p, 8);
+        q = v ^ (ones * '"');
+        b = v ^ (ones * '\\');
+        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v) | v) & highs;
+        if (m)
+            return p + (__builtin_ctzll(m) >> 3);
+        p += 8;
+    }
+#endif
+    while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80)
+        p++;
+    return p;
+}
+
+/* Bytes of the valid UTF-8 sequence (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF) whose lead byte, >= 0x80, is at p;
+ * 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *e)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF)
+        n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4)
+        n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else
+        return 0;
+    if ((size_t)(e - p) < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    return n;
+}
+
+/* A backslash escape at p: its length, or 0 when the tokenizer would
+ * refuse it. */
+static size_t esc_len(const unsigned char *p, const unsigned char *e)
+{
+    if (e - p < 2)
+        return 0;
+    unsigned char c = p[1];
+    if (c == 'u')
+        return e - p >= 6 && is_hex(p[2]) && is_hex(p[3]) && is_hex(p[4]) && is_hex(p[5]) ? 6 : 0;
+    return c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+           c == 't' ? 2 : 0;
+}
+
+/* A string whose opening quote is at p: its contents into out, *esc
+ * whether it holds an escape.  Returns the byte after its closing quote,
+ * or NULL. */
+FP_INLINE const unsigned char *fp_str(const unsigned char *p, const unsigned char *e, slice *out, int *esc)
+{
+    const unsigned char *start = ++p;
+    *esc = 0;
+    for (;;) {
+        p = str_stop(p, e);
+        if (p >= e || *p < 0x20)
+            return NULL;
+        if (*p == '"')
+            break;
+        size_t k = *p == '\\' ? (*esc = 1, esc_len(p, e)) : utf8_seq(p, e);
+        if (!k)
+            return NULL;
+        p += k;
+    }
+    out->p = (const char *)start;
+    out->n = (size_t)(p - start);
+    return p + 1;
+}
+
+static int is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* A number starting at p into out; returns the byte after it, or NULL.
+ * One touching the end of the input is refused (the tokenizer calls it
+ * partial). */
+FP_INLINE const unsigned char *fp_num(const unsigned char *p, const unsigned char *e, slice *out)
+{
+    const unsigned char *s = p;
+    if (p < e && *p == '-')
+        p++;
+    if (p >= e)
+        return NULL;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        do
+            p++;
+        while (p < e && is_digit(*p));
+    } else {
+        return NULL;
+    }
+    if (p < e && *p == '.') {
+        if (++p >= e || !is_digit(*p))
+            return NULL;
+        do
+            p++;
+        while (p < e && is_digit(*p));
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        if (++p < e && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= e || !is_digit(*p))
+            return NULL;
+        do
+            p++;
+        while (p < e && is_digit(*p));
+    }
+    if (p >= e)
+        return NULL;
+    out->p = (const char *)s;
+    out->n = (size_t)(p - s);
+    return p;
+}
+
+/* true, false or null at p (its first byte already tells which). */
+FP_INLINE const unsigned char *fp_lit(const unsigned char *p, const unsigned char *e, slice *out,
+                                      uint8_t *type)
+{
+    uint8_t ty = *p == 't' ? JSON_TRUE : *p == 'f' ? JSON_FALSE : JSON_NULL;
+    size_t n = ty == JSON_FALSE ? 5 : 4;
+    if ((size_t)(e - p) < n || memcmp(p, literal[ty], n))
+        return NULL;
+    *type = ty;
+    out->p = (const char *)p;
+    out->n = n;
+    return p + n;
+}
+
+static const unsigned char *fp_skip_ws(const unsigned char *p, const unsigned char *e)
+{
+    while (p < e && is_ws(*p))
+        p++;
+    return p;
+}
+
+/* Skips whitespace only when there is some: valid JSON puts every
+ * structural byte above ' ', and wal2json writes no whitespace. */
+#define WS() do { if (p < e && *p <= ' ') p = fp_skip_ws(p, e); } while (0)
+
+/* After a member or element: ',' (and whitespace) -> 0, the closing byte
+ * -> 1, anything else -> -1. */
+#define NEXT(close, r) do { WS(); if (p >= e) return NULL; unsigned char c_ = *p++; \
+    if (c_ == (close)) r = 1; else if (c_ == ',') { r = 0; WS(); } else return NULL; } while (0)
+
+static const unsigned char *fp_value(const unsigned char *p, const unsigned char *e, int depth,
+                                     uint32_t *nt, slice *out, uint8_t *type);
+
+/* The rest of an object or array after its opening byte, through its
+ * closing one. */
+static const unsigned char *fp_container(const unsigned char *p, const unsigned char *e, int depth,
+                                         uint32_t *nt, int object)
+{
+    slice s;
+    uint8_t t;
+    int esc, r;
+    WS();
+    if (p < e && *p == (object ? '}' : ']'))
+        return p + 1;
+    do {
+        if (object) {   /* any name will do here, escaped or not */
+            if (p >= e || *p != '"' || !(p = fp_str(p, e, &s, &esc)))
+                return NULL;
+            ++*nt;
+            WS();
+            if (p >= e || *p != ':')
+                return NULL;
+            p++;
+            WS();
+        }
+        if (!(p = fp_value(p, e, depth, nt, &s, &t)))
+            return NULL;
+        NEXT(object ? '}' : ']', r);
+    } while (!r);
+    return p;
+}
+
+/* Any value at p; out is what the tokenizer's token would span (a string's
+ * contents, a container with its brackets). */
+static const unsigned char *fp_value(const unsigned char *p, const unsigned char *e, int depth,
+                                     uint32_t *nt, slice *out, uint8_t *type)
+{
+    int esc;
+    if (p >= e)
+        return NULL;
+    ++*nt;
+    switch (*p) {
+    case '"':
+        *type = JSON_STRING;
+        return fp_str(p, e, out, &esc);
+    case '{':
+    case '[': {
+        const unsigned char *s = p;
+        if (depth >= FP_DEPTH || !(p = fp_container(p + 1, e, depth + 1, nt, *s == '{')))
+            return NULL;
+        *type = *s == '{' ? JSON_OBJECT : JSON_ARRAY;
+        out->p = (const char *)s;
+        out->n = (size_t)(p - s);
+        return p;
+    }
+    case 't':
+    case 'f':
+    case 'n':
+        return fp_lit(p, e, out, type);
+    default:
+        *type = JSON_NUMBER;
+        return fp_num(p, e, out);
+    }
+}
+
+/* Which member name is k (no escapes)?  One of F_*, or -1. */
+enum { F_ACTION, F_LSN, F_NEXTLSN, F_SCHEMA, F_TABLE, F_COLUMNS, F_IDENTITY, F_XID, F_COUNT };
+
+static int member_of(slice k)
+{
+    switch (k.n) {
+    case 3:
+        return !memcmp(k.p, "lsn", 3) ? F_LSN : !memcmp(k.p, "xid", 3) ? F_XID : -1;
+    case 5:
+        return !memcmp(k.p, "table", 5) ? F_TABLE : -1;
+    case 6:
+        return !memcmp(k.p, "action", 6) ? F_ACTION : !memcmp(k.p, "schema", 6) ? F_SCHEMA : -1;
+    case 7:
+        return !memcmp(k.p, "columns", 7) ? F_COLUMNS : !memcmp(k.p, "nextlsn", 7) ? F_NEXTLSN : -1;
+    case 8:
+        return !memcmp(k.p, "identity", 8) ? F_IDENTITY : -1;
+    default:
+        return -1;
+    }
+}
+
+/* An array of column objects at p, stored from cols[have]; *count gets
+ * their number. */
+FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned char *e, const char *buf,
+                                       uint32_t *nt, w2j_col *cols, unsigned ncap, unsigned have,
+                                       unsigned *count)
+{
+    unsigned m = 0;
+    int r, esc;
+    if (p >= e || *p != '[')
+        return NULL;
+    p++;
+    ++*nt;
+    WS();
+    if (p < e && *p == ']') {
+        *count = 0;
+        return p + 1;
+    }
+    do {
+        if (m >= ncap - have || p >= e || *p != '{')
+            return NULL;
+        w2j_col *c = &cols[have + m++];
+        int seen = 0, rc;
+        p++;
+        ++*nt;
+        c->name.p = c->type.p = c->value.p = buf;
+        c->name.n = c->type.n = c->value.n = 0;
+        c->vtype = JSON_NONE;
+        WS();
+        do {
+            /* the member name: wal2json's own spelling, with no
+             * whitespace, is recognised from 8 bytes at once */
+            int which;
+            if (e - p >= 8 && at8(p, "\"name\":\"")) {
+                which = 1;
+                p += 7;
+            } else if (e - p >= 8 && at8(p, "\"type\":\"")) {
+                which = 2;
+                p += 7;
+            } else if (e - p >= 8 && at8(p, "\"value\":")) {
+                which = 4;
+                p += 8;
+                WS();
+            } else {
+                slice k;
+                if (p >= e || *p != '"' || !(p = fp_str(p, e, &k, &esc)) || esc)
+                    return NULL;
+                WS();
+                if (p >= e || *p != ':')
+                    return NULL;
+                p++;
+                WS();
+                which = k.n == 4 && !memcmp(k.p, "name", 4) ? 1 : k.n == 4 && !memcmp(k.p, "type", 4) ? 2
+                      : k.n == 5 && !memcmp(k.p, "value", 5) ? 4 : 0;
+            }
+            ++*nt;
+            if (seen & which)
+                return NULL;
+            seen |= which;
+            if (which == 1 || which == 2) {
+                if (p >= e || *p != '"' || !(p = fp_str(p, e, which == 1 ? &c->name : &c->type, &esc)))
+                    return NULL;
+                ++*nt;
+            } else if (which == 4) {
+                if (p >= e)
+                    return NULL;
+                if (*p == '"') {
+                    c->vtype = JSON_STRING;
+                    p = fp_str(p, e, &c->value, &esc);
+                    ++*nt;
+                } else if (*p == '-' || is_digit(*p)) {
+                    c->vtype = JSON_NUMBER;
+                    p = fp_num(p, e, &c->value);
+                    ++*nt;
+                } else {
+                    p = fp_value(p, e, 4, nt, &c->value, &c->vtype);
+                }
+                if (!p)
+                    return NULL;
+            } else {
+                slice v;
+                uint8_t t;
+                if (!(p = fp_value(p, e, 4, nt, &v, &t)))
+                    return NULL;
+            }
+            NEXT('}', rc);
+        } while (!rc);
+        if (!(seen & 1))
+            return NULL;
+        NEXT(']', r);
+    } while (!r);
+    *count = m;
+    return p;
+}
+
+/* A transaction id: a number of 1 to 10 digits up to 2^32-1. */
+static int xid_of(slice v, w2j_record *r)
+{
+    uint64_t x = 0;
+    if (v.n > 10)
+        return -1;
+    for (size_t i = 0; i < v.n; i++) {
+        if (!is_digit((unsigned char)v.p[i]))
+            return -1;
+        x = x * 10 + (uint64_t)(v.p[i] - '0');
+    }
+    if (x > UINT32_MAX)
+        return -1;
+    r->xid = (uint32_t)x;
+    r->has_xid = 1;
+    return 0;
+}
+
+/* The whole record in one pass; see the top of this section. */
+static const unsigned char *fp_record(const unsigned char *p, const unsigned char *e, const char *buf,
+                                      uint32_t *nt, w2j_col *cols, unsigned ncap, w2j_record *r)
+{
+    unsigned seen = 0;
+    slice k, v;
+    int esc, more;
+    if (p >= e || *p != '{')
+        return NULL;
+    p++;
+    WS();
+    do {
+        if (p >= e || *p != '"' || !(p = fp_str(p, e, &k, &esc)) || esc)
+            return NULL;
+        WS();
+        if (p >= e || *p != ':')
+            return NULL;
+        p++;
+        WS();
+        ++*nt;
+        int m = member_of(k);
+        if (m >= 0) {
+            if (seen & (1u << m))
+                return NULL;
+            seen |= 1u << m;
+        }
+        if (p >= e)
+            return NULL;
+        switch (m) {
+        case F_ACTION:
+            if (*p != '"' || !(p = fp_str(p, e, &v, &esc)) || esc || v.n != 1)
+                return NULL;
+            r->action = v.p[0];
+            ++*nt;
+            break;
+        case F_LSN: case F_NEXTLSN: case F_SCHEMA: case F_TABLE: {
+            slice *dst = m == F_LSN ? &r->lsn : m == F_NEXTLSN ? &r->nextlsn
+                       : m == F_SCHEMA ? &r->schema : &r->table;
+            if (*p != '"' || !(p = fp_str(p, e, dst, &esc)))
+                return NULL;
+            ++*nt;
+            break;
+        }
+        case F_XID:
+            if (!(p = fp_num(p, e, &v)) || xid_of(v, r))
+                return NULL;
+            ++*nt;
+            break;
+        case F_COLUMNS:
+            if ((seen & (1u << F_IDENTITY)) || !(p = fp_cols(p, e, buf, nt, cols, ncap, 0, &r->ncols)))
+                return NULL;
+            break;
+        case F_IDENTITY:
+            if (!(p = fp_cols(p, e, buf, nt, cols, ncap, r->ncols, &r->nident)))
+                return NULL;
+            break;
+        default:
+            if (*p == '"') {
+                if (!(p = fp_str(p, e, &v, &esc)))
+                    return NULL;
+                ++*nt;
+            } else {
+                uint8_t t;
+                if (!(p = fp_value(p, e, 1, nt, &v, &t)))
+                    return NULL;
+            }
+        }
+        NEXT('}', more);
+    } while (!more);
+    if (!(seen & (1u << F_ACTION)))
+        return NULL;
+    if (r->action && strchr("IUDT", r->action) && !((seen >> F_SCHEMA) & (seen >> F_TABLE) & 1))
+        return NULL;
+    return p;
+}
+
+static int w2j_fast(const char *buf, size_t len, unsigned ntoks, w2j_col *cols, unsigned ncap,
+                    w2j_record *r)
+{
+    const unsigned char *e = (const unsigned char *)buf + len;
+    uint32_t nt = 1;
+    if (len > UINT32_MAX)
+        return -1;
+    const unsigned char *p = fp_record((const unsigned char *)buf, e, buf, &nt, cols, ncap, r);
+    if (!p || fp_skip_ws(p, e) != e || nt > ntoks)
+        return -1;
+    r->utf8 = 1;
+    return 0;
+}
+
+#undef WS
+#undef NEXT
+
+/* The tokenizer path: the definition of what w2j_parse() accepts. */
+int w2j_parse_tokens(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
+                     w2j_col *cols, unsigned ncap, w2j_record *r)
 {
     memset(r, 0, sizeof *r);
     r->cols = cols;
@@ -583,8 +1086,6 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
         return JSON_INVALID;
 
     /* Token index of each recognised member's value, 0 when absent. */
-    enum { F_ACTION, F_LSN, F_NEXTLSN, F_SCHEMA, F_TABLE, F_COLUMNS,
-           F_IDENTITY, F_XID, F_COUNT };
     static const char *const names[F_COUNT] = {
         "action", "lsn", "nextlsn", "schema", "table", "columns", "identity", "xid"
     };
@@ -641,6 +1142,17 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
         (rc = read_cols(buf, toks, ntok, at[F_IDENTITY], ncap, r, &r->nident)))
         return rc;
     return JSON_OK;
+}
+
+int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
+              w2j_col *cols, unsigned ncap, w2j_record *r)
+{
+    memset(r, 0, sizeof *r);
+    r->cols = cols;
+    r->lsn.p = r->nextlsn.p = r->schema.p = r->table.p = buf;
+    if (w2j_fast(buf, len, ntoks, cols, ncap, r) == 0)
+        return JSON_OK;
+    return w2j_parse_tokens(buf, len, toks, ntoks, cols, ncap, r);
 }
 
 /* ==== projection (columns=) ============================================== */

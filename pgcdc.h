@@ -218,6 +218,8 @@ typedef struct w2j_record {
     w2j_col *cols;       /* "columns" then "identity", in caller storage */
     unsigned ncols;      /* entries of "columns" */
     unsigned nident;     /* entries of "identity", after the columns */
+    uint8_t utf8;        /* 1: the whole record is known to be valid UTF-8
+                          * (0: not checked; see w2j_parse) */
 } w2j_record;
 
 /* Parses one complete record.  toks/ntoks is scratch for the tokenizer;
@@ -227,6 +229,11 @@ typedef struct w2j_record {
  * JSON_OK or a JSON_* error (JSON_PARTIAL for a truncated record). */
 int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
               w2j_col *cols, unsigned ncap, w2j_record *r);
+/* The same answer by the tokenizer alone: the reference that defines what
+ * w2j_parse() accepts (it first tries one pass with no tokens, and falls
+ * back to this whenever that pass is unsure).  For the tests. */
+int w2j_parse_tokens(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
+                     w2j_col *cols, unsigned ncap, w2j_record *r);
 
 /* Unescapes the contents of a JSON string (as in a slice above) into out,
  * turning \uXXXX (with surrogate pairs) into UTF-8.  Returns the length, or

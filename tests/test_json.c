@@ -824,9 +824,177 @@ static void test_escapes(void)
     }
 }
 
+
+/* ==== w2j_parse's one-pass reader against the tokenizer path ============= */
+
+/* More shapes for the comparison: each sends the one-pass reader down a
+ * path it must either get exactly right or leave to the tokenizer. */
+static const char *const odd_records[] = {
+    "{\"\\u0061ction\":\"I\",\"schema\":\"s\",\"table\":\"t\"}",
+    "{\"action\":\"\\u0049\",\"schema\":\"s\",\"table\":\"t\"}",
+    "{\"action\":\"I\",\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\"}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"identity\":[{\"name\":\"a\"}],"
+    "\"columns\":[{\"name\":\"b\"}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"n\\u0061me\":\"b\"}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"a\",\"name\":\"b\"}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"type\":\"int\"}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":1}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[1]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":{}}",
+    "{\"action\":\"I\",\"schema\":1,\"table\":\"t\"}",
+    "{\"action\":\"I\",\"table\":\"t\"}",
+    "{\"action\":\"M\",\"prefix\":\"p\",\"content\":\"c\"}",
+    "{\"action\":\"IU\",\"schema\":\"s\",\"table\":\"t\"}",
+    "{\"action\":\"\",\"schema\":\"s\",\"table\":\"t\"}",
+    "{\"action\":\"\\u0000\"}",
+    "{\"action\":\"B\",\"xid\":4294967295}",
+    "{\"action\":\"B\",\"xid\":4294967296}",
+    "{\"action\":\"B\",\"xid\":-1}",
+    "{\"action\":\"B\",\"xid\":1.0}",
+    "{\"action\":\"B\",\"xid\":01}",
+    "{\"action\":\"B\",\"xid\":\"7\"}",
+    "{\"action\":\"B\",\"xid\":12345678901}",
+    "{\"action\":\"B\",\"lsn\":\"0/1\"} x",
+    "{\"action\":\"B\",\"lsn\":\"0/1\"}{}",
+    "[{\"action\":\"B\"}]",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":"
+    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":"
+    "{\"\\u0041\":[true,false,null,-0,0.5,1E5,2e-1,3e+2,\"\\\"\"]}}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":tru}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":1,}]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\"},]}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"x\":\"\\x\"}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"x\":\"\\u12G4\"}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"x\":\"a\tb\"}",
+    "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"x\":\"0123456789abcdef\\\"0123456789abcdef\"}",
+    "{}",
+    "{\"action\":\"C\"}   \n",
+};
+#define NODD (sizeof odd_records / sizeof odd_records[0])
+
+static int same_slice(slice a, slice b)
+{
+    return a.p == b.p && a.n == b.n;
+}
+
+static int same_record(const w2j_record *a, const w2j_record *b)
+{
+    if (a->action != b->action || a->has_xid != b->has_xid || a->xid != b->xid ||
+        !same_slice(a->lsn, b->lsn) || !same_slice(a->nextlsn, b->nextlsn) ||
+        !same_slice(a->schema, b->schema) || !same_slice(a->table, b->table) ||
+        a->ncols != b->ncols || a->nident != b->nident)
+        return 0;
+    for (unsigned i = 0; i < a->ncols + a->nident; i++)
+        if (!same_slice(a->cols[i].name, b->cols[i].name) || !same_slice(a->cols[i].type, b->cols[i].type) ||
+            !same_slice(a->cols[i].value, b->cols[i].value) || a->cols[i].vtype != b->cols[i].vtype)
+            return 0;
+    return 1;
+}
+
+/* Both readers on an exact-size copy of (s, n); 1 when they agree. */
+static int readers_agree(const char *s, size_t n, unsigned ntoks, unsigned ncap, int *rc_out)
+{
+    static json_tok toks[NTOK];
+    w2j_col ca[16], cb[16];
+    w2j_record ra, rb;
+    char *b = dup_exact(s, n);
+    int a = w2j_parse(b, n, toks, ntoks, ca, ncap, &ra);
+    int c = w2j_parse_tokens(b, n, toks, ntoks, cb, ncap, &rb);
+    int same = a == c && (a != JSON_OK || same_record(&ra, &rb));
+    /* a record said to be valid UTF-8 is, as the WebSocket layer judges it */
+    if (a == JSON_OK && ra.utf8 && ws_utf8_step(0, (const uint8_t *)b, n) != 0)
+        same = 0;
+    free(b);
+    *rc_out = a;
+    return same;
+}
+
+static void test_fast_reader(void)
+{
+    TEST("w2j: the one-pass reader agrees with the tokenizer on every record, prefix and mutation") {
+        static const unsigned char subst[] = {
+            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '\n', '0', '9', '-', '.', 'e', 'a', 'u',
+            't', 'n', 0x01, 0x1f, 0x7f, 0x80, 0xff
+        };
+        const char *all[NREAL + NOTHER + NODD];
+        size_t nall = 0, oks = 0, cases = 0;
+        for (size_t i = 0; i < NREAL; i++) all[nall++] = real_records[i];
+        for (size_t i = 0; i < NOTHER; i++) all[nall++] = other_records[i];
+        for (size_t i = 0; i < NODD; i++) all[nall++] = odd_records[i];
+        for (size_t i = 0; i < nall; i++) {
+            size_t n = strlen(all[i]);
+            char *m = malloc(n + 1);
+            int rc;
+            for (unsigned lim = 0; lim < 4; lim++) {
+                /* token and column limits: ample, then tight */
+                unsigned ntoks = lim & 1 ? 20 : NTOK, ncap = lim & 2 ? 2 : 16;
+                for (size_t len = 0; len <= n; len++, cases++)
+                    if (!readers_agree(all[i], len, ntoks, ncap, &rc)) {
+                        t_fail++;
+                        fprintf(stderr, "  %s:%d: record %zu, prefix %zu, limits %u/%u: the readers differ\n",
+                                __FILE__, __LINE__, i, len, ntoks, ncap);
+                    } else if (rc == JSON_OK) {
+                        oks++;
+                    }
+            }
+            for (size_t pos = 0; pos < n; pos++)
+                for (size_t k = 0; k < sizeof subst; k++, cases++) {
+                    memcpy(m, all[i], n);
+                    m[pos] = (char)subst[k];
+                    if (!readers_agree(m, n, NTOK, 16, &rc)) {
+                        t_fail++;
+                        fprintf(stderr, "  %s:%d: record %zu, byte %zu set to 0x%02x: the readers differ\n",
+                                __FILE__, __LINE__, i, pos, subst[k]);
+                    } else if (rc == JSON_OK) {
+                        oks++;
+                    }
+                }
+            free(m);
+        }
+        /* the comparison means something only if many inputs are accepted */
+        CHECK(oks > 1000);
+        CHECK(cases > 50000);
+    }
+    TEST("w2j: wal2json's own records take the one pass (the tokens stay untouched)") {
+        static json_tok toks[NTOK];
+        for (size_t i = 0; i < NREAL; i++) {
+            w2j_col cols[16];
+            w2j_record r;
+            size_t n = strlen(real_records[i]);
+            char *b = dup_exact(real_records[i], n);
+            memset(toks, 0xa5, sizeof toks);
+            CHECK_EQ(w2j_parse(b, n, toks, NTOK, cols, 16, &r), JSON_OK);
+            CHECK(toks[0].start == 0xa5a5a5a5u && toks[1].end == 0xa5a5a5a5u);
+            CHECK_EQ(r.utf8, 1);
+            free(b);
+        }
+    }
+    TEST("w2j: a string that is not UTF-8 is parsed, and not called UTF-8") {
+        static const char *const bad[] = {
+            "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":\"\377\"}]}",
+            "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":\"\300\257\"}]}",
+            "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":\"\355\240\200\"}]}",
+            "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":\"\364\220\200\200\"}]}",
+            "{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"value\":\"\303\"}]}",
+            "{\"action\":\"I\",\"schema\":\"s\xe9\",\"table\":\"t\"}",
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            w2j_col cols[4];
+            w2j_record r;
+            char *b;
+            CHECK_EQ(w2j_str(bad[i], cols, 4, &r, &b), JSON_OK);
+            CHECK_EQ(r.utf8, 0);
+            free(b);
+        }
+    }
+}
+
 void test_json(void)
 {
     test_tokens();
     test_records();
+    test_fast_reader();
     test_escapes();
 }

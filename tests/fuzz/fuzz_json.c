@@ -2,10 +2,12 @@
  *
  * The input, in a heap buffer of exactly its size, is tokenized whole and
  * again one byte at a time; both must give the same result and the same
- * tokens (abort otherwise).  w2j_parse must agree with the tokenizer, keep
- * its slices inside the input, and every string token that json_unescape
- * accepts must compare equal to its unescaped form with json_str_eq.
- * w2j_project's output must be no longer than the input and parse again.
+ * tokens (abort otherwise).  w2j_parse must agree with the tokenizer, give
+ * exactly what w2j_parse_tokens gives (its one-pass reader is only a faster
+ * way to the same record), and keep its slices inside the input; every
+ * string token that json_unescape accepts must compare equal to its
+ * unescaped form with json_str_eq.  w2j_project's output must be no longer
+ * than the input and parse again.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -113,9 +115,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(out);
     }
 
-    w2j_col cols[NCOL];
-    w2j_record r;
+    w2j_col cols[NCOL], tcols[NCOL];
+    w2j_record r, tr;
     int rc = w2j_parse(buf, size, step, NTOK, cols, NCOL, &r);
+    /* the one-pass reader must give exactly what the tokenizer path gives */
+    if (w2j_parse_tokens(buf, size, step, NTOK, tcols, NCOL, &tr) != rc)
+        abort();
+    if (rc == JSON_OK) {
+        if (r.action != tr.action || r.has_xid != tr.has_xid || r.xid != tr.xid ||
+            r.lsn.p != tr.lsn.p || r.lsn.n != tr.lsn.n || r.nextlsn.p != tr.nextlsn.p ||
+            r.nextlsn.n != tr.nextlsn.n || r.schema.p != tr.schema.p || r.schema.n != tr.schema.n ||
+            r.table.p != tr.table.p || r.table.n != tr.table.n || r.ncols != tr.ncols ||
+            r.nident != tr.nident)
+            abort();
+        for (unsigned i = 0; i < r.ncols + r.nident; i++)
+            if (cols[i].name.p != tcols[i].name.p || cols[i].name.n != tcols[i].name.n ||
+                cols[i].type.p != tcols[i].type.p || cols[i].type.n != tcols[i].type.n ||
+                cols[i].value.p != tcols[i].value.p || cols[i].value.n != tcols[i].value.n ||
+                cols[i].vtype != tcols[i].vtype)
+                abort();
+    }
     if (nw < 0 ? rc != nw : (rc != JSON_OK && rc != JSON_INVALID && rc != JSON_NOMEM))
         abort();
     if (rc == JSON_OK) {
