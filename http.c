@@ -90,6 +90,9 @@ int http_parse(const char *b, size_t n, http_req *r)
             r->auth = (slice){ v, vn };
         } else if (ieq(p, nn, "x-forwarded-for")) {
             r->xff = (slice){ v, vn };
+        } else if (ieq(p, nn, "host")) {
+            r->host = (slice){ v, vn };
+            r->nhost++;
         } else if (ieq(p, nn, "if-none-match")) {
             r->inm = (slice){ v, vn };
         }

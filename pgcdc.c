@@ -206,7 +206,6 @@ static void config_defaults(config *c)
     c->max_clients = 10000;
     c->max_queue = 4194304;
     c->ping_interval = 25;
-    c->allowed_origins = xstrndup("*", 1);
     c->demo_page = 1;
     c->history = 67108864;
 }
@@ -625,6 +624,8 @@ typedef struct pending {
     ws_params prm;
     char accept[WS_ACCEPT_LEN + 1];
     lookup *lk;
+    uint64_t since_lsn;  /* since=, parsed */
+    uint32_t since_idx;
 } pending;
 
 struct client {
@@ -640,6 +641,7 @@ struct client {
     uint8_t counted;     /* counts in nclients (upgraded) */
     uint8_t head;        /* the request is HEAD: answers carry no body */
     uint8_t admin;       /* accepted on admin_listen */
+    uint8_t browser;     /* an upgrade with an allowed Origin: refusals become close 4000 + status */
     int64_t deadline;    /* ms: request, close or linger timeout; 0 none */
     int64_t last_rx;     /* ms of the last byte received */
     int64_t last_ping;
@@ -683,6 +685,9 @@ enum rstate { R_WAIT, R_CONNECTING, R_IDENTIFY, R_SET, R_SLOTINFO,
 
 /* The catalog connection: down, connecting, idle (ready), busy (a query is out). */
 enum cat_state { CAT_DOWN, CAT_CONNECTING, CAT_IDLE, CAT_BUSY };
+
+#define MISSING_CACHE_MS 2000   /* "table does not exist" remembered */
+#define MISSING_SLOTS 64
 
 #define NCLASS 6             /* frame pool size classes */
 
@@ -754,6 +759,8 @@ typedef struct http_state {
     client *graveyard;        /* closed this iteration, freed at its end */
     /* connections whose request is not complete yet, oldest first, and
      * how many each peer address holds (chained hash of peer_count) */
+    struct missing { char *schema, *name; int64_t at; } missing[MISSING_SLOTS];
+    int missing_next;
     client *wait_head, *wait_tail;
     unsigned nwaiting;
     struct peer_count *peers[256];
@@ -1529,6 +1536,37 @@ static void http_respond(client *c, int st, const char *extra, const char *ctype
     set_events(c);
 }
 
+/* Answers a refused upgrade the way a browser can read: 101, then close
+ * code with reason[0..n) (control bytes already blanked), cut to the 123
+ * bytes a close frame holds and kept valid UTF-8. */
+static void ws_refuse(client *c, unsigned code, char *reason, size_t n)
+{
+    char resp[160];
+    if (ws_utf8_step(0, (const uint8_t *)reason, n) != 0)
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)reason[i] >= 0x80)
+                reason[i] = '?';
+    if (n > 123) {
+        n = 123;
+        while (n && ws_utf8_step(0, (const uint8_t *)reason, n) != 0)
+            n--;
+    }
+    reason[n] = 0;
+    int len = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", c->pend->accept);
+    frame *f = frame_new((size_t)len);
+    memcpy(f->data, resp, (size_t)len);
+    q_clear(c, 0);
+    q_push(c, f);
+    frame_unref(f);
+    waiting_del(c);
+    ws_parser_init(&c->wp);
+    c->state = C_WS;
+    c->last_rx = S.now;
+    client_ws_close(c, code, reason, 1);
+    set_events(c);
+}
+
 #if defined(__GNUC__)
 __attribute__((format(printf, 4, 5)))
 #endif
@@ -1543,12 +1581,25 @@ static void http_error(client *c, int st, const char *extra, const char *fmt, ..
         n = 0;
     if ((size_t)n > sizeof msg - 2)
         n = (int)sizeof msg - 2;
+    /* a browser cannot read the status of a refused upgrade: it gets 101
+     * and at once close 4000 + status with the same reason */
+    unsigned code = c->browser && c->pend && (st == 400 || st == 401 || st == 403 || st == 410 || st == 503)
+                    ? 4000u + (unsigned)st : 0;
     /* the log escapes control bytes itself, so it sees them as sent */
-    log_info("client %llu %s: refused with %d: %.*s", (unsigned long long)c->id, c->addr, st, n, msg);
+    if (code)
+        log_info("client %llu %s: refused with %d (close %u): %.*s", (unsigned long long)c->id, c->addr, st,
+                 code, n, msg);
+    else
+        log_info("client %llu %s: refused with %d: %.*s", (unsigned long long)c->id, c->addr, st, n, msg);
     /* one line: never let a reflected value break the body into more */
     for (int i = 0; i < n; i++)
         if ((unsigned char)msg[i] < 0x20 || msg[i] == 0x7f)
             msg[i] = ' ';
+    if (code) {
+        msg[n] = 0;
+        ws_refuse(c, code, msg, (size_t)n);
+        return;
+    }
     msg[n++] = '\n';
     http_respond(c, st, extra, "text/plain; charset=utf-8", msg, (size_t)n);
 }
@@ -1607,18 +1658,71 @@ static void client_addr_from_xff(client *c, slice xff)
     }
 }
 
-static int origin_allowed(slice o)
+/* Is Origin the server's own: an http(s) origin whose scheme-less
+ * host[:port] equals the Host header (case-insensitively)? */
+static int same_origin(slice o, slice host)
 {
+    size_t k;
+    if (o.n > 7 && ieq(o.p, 7, "http://"))
+        k = 7;
+    else if (o.n > 8 && ieq(o.p, 8, "https://"))
+        k = 8;
+    else
+        return 0;
+    if (o.n - k != host.n)
+        return 0;
+    for (size_t i = 0; i < host.n; i++)
+        if (tolower((unsigned char)o.p[k + i]) != tolower((unsigned char)host.p[i]))
+            return 0;
+    return 1;
+}
+
+/* The Origin policy (docs/protocol.md, allowed_origins): 0 no Origin (not a
+ * browser), 1 allowed (the server's own, listed, or "*"), -1 refused. */
+static int origin_check(const http_req *r)
+{
+    if (r->norigin == 0)
+        return 0;
+    if (r->norigin > 1)
+        return -1;
+    if (r->nhost == 1 && same_origin(r->origin, r->host))
+        return 1;
     const char *s = S.cfg.allowed_origins;
     while (s && *s) {
         const char *comma = strchr(s, ',');
         size_t n = comma ? (size_t)(comma - s) : strlen(s);
         const char *t = trim(s, &n);
-        if ((n == 1 && *t == '*') || (n == o.n && !memcmp(t, o.p, n)))
+        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
             return 1;
         s = comma ? comma + 1 : NULL;
     }
+    return -1;
+}
+
+static int grant_check(client *c, const spec *sp);
+
+/* Tables the catalog said do not exist, remembered for MISSING_CACHE_MS so
+ * that repeated requests for them cost no query (a ring of MISSING_SLOTS). */
+static int missing_recently(const char *schema, const char *name)
+{
+    for (int i = 0; i < MISSING_SLOTS; i++) {
+        const struct missing *m = &S.http.missing[i];
+        if (m->schema && S.now - m->at < MISSING_CACHE_MS && !strcmp(m->schema, schema) &&
+            !strcmp(m->name, name))
+            return 1;
+    }
     return 0;
+}
+
+static void missing_add(const char *schema, const char *name)
+{
+    struct missing *m = &S.http.missing[S.http.missing_next];
+    S.http.missing_next = (S.http.missing_next + 1) % MISSING_SLOTS;
+    free(m->schema);
+    free(m->name);
+    m->schema = xstrndup(schema, strlen(schema));
+    m->name = xstrndup(name, strlen(name));
+    m->at = S.now;
 }
 
 static void handle_ws_request(client *c, http_req *r)
@@ -1662,6 +1766,10 @@ static void handle_ws_request(client *c, http_req *r)
         http_error(c, 400, NULL, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)");
         return;
     }
+    /* from here on, a browser (an allowed Origin) reads refusals as close
+     * codes (ws_refuse) */
+    int origin = origin_check(r);
+    c->browser = (uint8_t)(origin > 0);
     int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
     if (S.cfg.token) {
         const char *tok = NULL;
@@ -1674,17 +1782,23 @@ static void handle_ws_request(client *c, http_req *r)
             tn = strlen(tok);
         }
         if (!tok) {
+            S.count.auth_fail[AUTHF_TOKEN]++;
             http_error(c, 401, "WWW-Authenticate: Bearer\r\n", "missing token: send Authorization: Bearer <token> or ?token=");
             return;
         }
         if (!ct_equal(tok, tn, S.cfg.token, strlen(S.cfg.token))) {
+            S.count.auth_fail[AUTHF_TOKEN]++;
             http_error(c, 401, "WWW-Authenticate: Bearer\r\n", "invalid token");
             return;
         }
     }
-    if (r->norigin > 1 || (r->norigin == 1 && !origin_allowed(r->origin))) {
-        http_error(c, 403, NULL, "origin \"%.*s\" is not allowed", (int)(r->origin.n > 200 ? 200 : r->origin.n),
-                   r->origin.p);
+    if (origin < 0) {
+        S.count.auth_fail[AUTHF_ORIGIN]++;
+        if (r->norigin > 1)
+            http_error(c, 403, NULL, "more than one Origin header");
+        else
+            http_error(c, 403, NULL, "origin \"%.*s\" is not allowed: list it in allowed_origins",
+                       (int)(r->origin.n > 200 ? 200 : r->origin.n), r->origin.p);
         return;
     }
     if (perr) {
@@ -1700,12 +1814,24 @@ static void handle_ws_request(client *c, http_req *r)
         http_error(c, 400, NULL, "%s", err);
         return;
     }
-    if (!tables_allow(S.cfg.tables, sp->schema, sp->table)) {
-        http_error(c, 403, NULL, "table %s.%s is not in the tables this server streams", sp->schema, sp->table);
-        free(sp);
+    pd->sp = sp;
+    if (pd->prm.since && pos_parse(pd->prm.since, strlen(pd->prm.since), &pd->since_lsn, &pd->since_idx)) {
+        http_error(c, 400, NULL, "malformed since position \"%.60s\": expected X/X:n as sent in \"pos\"",
+                   pd->prm.since);
         return;
     }
-    pd->sp = sp;
+    if (!tables_allow(S.cfg.tables, sp->schema, sp->table)) {
+        http_error(c, 403, NULL, "table %s.%s is not in the tables this server streams", sp->schema, sp->table);
+        return;
+    }
+    /* authorization before the catalog is asked anything, so an
+     * unauthorized client learns nothing about which tables exist */
+    if (grant_check(c, sp))
+        return;
+    if (missing_recently(sp->schema, sp->table)) {
+        http_error(c, 400, NULL, "table %s.%s does not exist", sp->schema, sp->table);
+        return;
+    }
     table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 0);
     if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS) {
         upgrade_finish(c);
@@ -1741,17 +1867,10 @@ static void upgrade_finish(client *c)
 {
     pending *pd = c->pend;
     spec *sp = pd->sp;
-    uint64_t slsn = 0;
-    uint32_t sidx = 0;
+    uint64_t slsn = pd->since_lsn;
+    uint32_t sidx = pd->since_idx;
 
-    if (grant_check(c, sp))
-        return;
     if (pd->prm.since) {
-        if (pos_parse(pd->prm.since, strlen(pd->prm.since), &slsn, &sidx)) {
-            http_error(c, 400, NULL, "malformed since position \"%.60s\": expected X/X:n as sent in \"pos\"",
-                       pd->prm.since);
-            return;
-        }
         if (!S.hist.floor_known) {
             http_error(c, 503, "Retry-After: 1\r\n",
                        "replication is starting: cannot tell yet whether position %s can be served; retry", pd->prm.since);
@@ -2004,6 +2123,7 @@ static void cat_send(void)
 static void lookup_start(client *c, spec *sp)
 {
     lookup *l = xmalloc(sizeof *l);
+    log_debug("catalog: looking up %s.%s", sp->schema, sp->table);
     l->c = c;
     l->schema = xstrndup(sp->schema, strlen(sp->schema));
     l->name = xstrndup(sp->table, strlen(sp->table));
@@ -2092,6 +2212,8 @@ static void cat_event(void)
         if (exists) {
             table *t = table_get(l->schema, strlen(l->schema), l->name, strlen(l->name), 1);
             t->verified = S.now;
+        } else {
+            missing_add(l->schema, l->name);
         }
         free(l->schema); free(l->name); free(l);
         if (c) {

@@ -401,8 +401,12 @@ TESTS = [
     ("harden: a malformed conninfo is refused at load, never echoed (-t too)", t_conninfo_not_echoed),
     ("harden: control bytes from clients are escaped in the log", t_log_escapes),
     ("harden: token and grant_secret need at least 16 bytes", t_secret_minimum),
-    ("harden: unfinished requests are limited apart from clients and per peer", t_unfinished_requests),
+    ("harden: default Origin policy is same-origin only", t_origin_default),
     ("harden: admin_listen takes /health and /metrics off listen", t_admin_listen),
+    ("harden: HEAD never carries a body", t_head_no_body),
+    ("harden: unfinished requests are limited apart from clients and per peer", t_unfinished_requests),
+    ("harden: authorization is decided before the catalog is asked", t_no_probe_without_grant),
+    ("harden: browsers read refusals as close 4000 + status", t_browser_refusals),
 ]
 
 
