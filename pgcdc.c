@@ -17,6 +17,7 @@
  * the user's guide.
  */
 #include "pgcdc.h"
+#include "jwt.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -192,6 +193,12 @@ typedef struct config {
     char *trusted_proxies;
     char *grant_secret;
     char *admin_listen;      /* NULL: /health and /metrics on listen */
+    char *jwt_secret;        /* HS256 key */
+    char *jwt_keys;          /* path of the JWKS file */
+    char *jwt_issuer, *jwt_audience;
+    jwks *keys;              /* the RSA keys read from jwt_keys */
+    rule *rules;             /* [rules] */
+    unsigned nrules;
 } config;
 
 static void config_defaults(config *c)
@@ -216,6 +223,11 @@ static void config_free(config *c)
     free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
     free(c->token); free(c->trusted_proxies); free(c->grant_secret);
     free(c->admin_listen);
+    free(c->jwt_secret); free(c->jwt_keys); free(c->jwt_issuer); free(c->jwt_audience);
+    free(c->keys);
+    for (unsigned i = 0; i < c->nrules; i++)
+        rule_free(&c->rules[i]);
+    free(c->rules);
 }
 
 enum { K_STR, K_BOOL, K_INT, K_SIZE };
@@ -247,6 +259,10 @@ static const keydef keydefs[] = {
     { "server", "trusted_proxies", K_STR, KOFF(trusted_proxies), 0, 0 },
     { "server", "grant_secret", K_STR, KOFF(grant_secret), 0, 0 },
     { "server", "admin_listen", K_STR, KOFF(admin_listen), 0, 0 },
+    { "server", "jwt_secret", K_STR, KOFF(jwt_secret), 0, 0 },
+    { "server", "jwt_keys", K_STR, KOFF(jwt_keys), 0, 0 },
+    { "server", "jwt_issuer", K_STR, KOFF(jwt_issuer), 0, 0 },
+    { "server", "jwt_audience", K_STR, KOFF(jwt_audience), 0, 0 },
 };
 #define NKEYS (sizeof keydefs / sizeof keydefs[0])
 
@@ -375,6 +391,38 @@ static int check_tables(const char *v, char *err, size_t errlen)
 }
 
 #define SECRET_MIN 16   /* bytes of token and grant_secret */
+#define JWT_SECRET_MIN 32   /* bytes of jwt_secret (HS256 keys are 256 bits) */
+
+/* Reads and parses a JWKS file into a new jwks.  Returns it, or NULL with
+ * the reason in err. */
+static jwks *jwks_load(const char *path, char *err, size_t errlen)
+{
+    char why[200];
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read %.200s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = xmalloc(JWKS_MAX_LEN + 1);
+    size_t n = fread(buf, 1, JWKS_MAX_LEN + 1, f);
+    int bad = ferror(f);
+    fclose(f);
+    jwks *k = NULL;
+    if (bad)
+        snprintf(err, errlen, "cannot read %.200s", path);
+    else if (n > JWKS_MAX_LEN)
+        snprintf(err, errlen, "%.200s is larger than 1 MiB", path);
+    else {
+        k = xmalloc(sizeof *k);
+        if (jwks_parse(k, buf, n, why, sizeof why) < 0) {
+            snprintf(err, errlen, "%.200s: %s", path, why);
+            free(k);
+            k = NULL;
+        }
+    }
+    free(buf);
+    return k;
+}
 
 /* Copies a libpq message with the text between double quotes replaced by
  * "..." (one punctuation character, as in missing "=", is kept): libpq quotes the pieces of the connection string it complains
@@ -471,6 +519,18 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
     } else if (!strcmp(k->name, "conninfo")) {
         if (check_conninfo(v, err, errlen))
             return -1;
+    } else if (!strcmp(k->name, "jwt_secret")) {
+        if (strlen(v) < JWT_SECRET_MIN) {
+            snprintf(err, errlen, "must be at least %d bytes (it has %zu); use a long random value, "
+                     "e.g. from openssl rand -hex 32", JWT_SECRET_MIN, strlen(v));
+            return -1;
+        }
+    } else if (!strcmp(k->name, "jwt_keys")) {
+        jwks *keys = jwks_load(v, err, errlen);
+        if (!keys)
+            return -1;
+        free(c->keys);
+        c->keys = keys;
     } else if (!strcmp(k->name, "token") || !strcmp(k->name, "grant_secret")) {
         /* a grant pairs a known payload with its MAC: a short secret can be
          * found offline by trying them all */
@@ -486,6 +546,76 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
     return 0;
 }
 
+/* One [rules] line: table = rule.  Returns 0, or -1 after printing the
+ * error with the file and line. */
+static int config_rule(config *c, const char *key, size_t kn, const char *val,
+                       const char *path, int lineno)
+{
+    char err[512], name[512];
+    rule r;
+    snprintf(name, sizeof name, "%.*s", (int)kn, key);
+    if (rule_parse(name, val, &r, err, sizeof err)) {
+        fprintf(stderr, "pgcdc: %s:%d: bad rule for \"%s\": %s\n", path, lineno, name, err);
+        return -1;
+    }
+    for (unsigned i = 0; i < c->nrules; i++) {
+        const rule *o = &c->rules[i];
+        if ((!o->table && !r.table) ||
+            (o->table && r.table && !strcmp(o->schema, r.schema) && !strcmp(o->table, r.table))) {
+            fprintf(stderr, "pgcdc: %s:%d: duplicate rule for \"%s\" (first set on line %d)\n",
+                    path, lineno, name, o->line);
+            rule_free(&r);
+            return -1;
+        }
+    }
+    r.line = lineno;
+    c->rules = xrealloc(c->rules, (c->nrules + 1) * sizeof *c->rules);
+    c->rules[c->nrules++] = r;
+    return 0;
+}
+
+static int key_line(const int *seen, const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (!strcmp(keydefs[i].name, name))
+            return seen[i];
+    return 0;
+}
+
+/* One way of authenticating clients: token, grant_secret, or the JWT keys;
+ * the JWT settings and [rules] need jwt_secret or jwt_keys.  Returns 0, or
+ * -1 after printing the error with the line that conflicts. */
+static int config_check_auth(const config *c, const char *path, const int *seen, int rules_line)
+{
+    int jl = key_line(seen, "jwt_secret");
+    if (!jl || (key_line(seen, "jwt_keys") && key_line(seen, "jwt_keys") > jl))
+        jl = key_line(seen, "jwt_keys");
+    static const char *const other[] = { "token", "grant_secret" };
+    for (int i = 0; i < 2; i++) {
+        int ol = key_line(seen, other[i]);
+        if (jl && ol) {
+            fprintf(stderr, "pgcdc: %s:%d: \"%s\" cannot be combined with jwt_secret or jwt_keys: "
+                    "set one way of authenticating clients\n", path, ol > jl ? ol : jl, other[i]);
+            return -1;
+        }
+    }
+    if (!c->jwt_secret && !c->jwt_keys) {
+        static const char *const need[] = { "jwt_issuer", "jwt_audience" };
+        for (int i = 0; i < 2; i++)
+            if (key_line(seen, need[i])) {
+                fprintf(stderr, "pgcdc: %s:%d: \"%s\" needs jwt_secret or jwt_keys\n", path,
+                        key_line(seen, need[i]), need[i]);
+                return -1;
+            }
+        if (rules_line) {
+            fprintf(stderr, "pgcdc: %s:%d: [rules] apply to clients with a JWT: set jwt_secret or "
+                    "jwt_keys in [server]\n", path, rules_line);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Reads an INI file into c.  Returns 0, or -1 after printing an error that
  * names the file, the line and the key. */
 static int config_load(config *c, const char *path)
@@ -493,7 +623,7 @@ static int config_load(config *c, const char *path)
     FILE *f = fopen(path, "r");
     char line[8192], section[64] = "";
     char err[512];
-    int lineno = 0;
+    int lineno = 0, rules_line = 0;
     int seen[NKEYS] = { 0 };
 
     if (!f) {
@@ -519,11 +649,13 @@ static int config_load(config *c, const char *path)
             }
             size_t sn = n - 2;
             const char *name = trim(s + 1, &sn);
-            if (!ieq(name, sn, "postgres") && !ieq(name, sn, "server")) {
-                fprintf(stderr, "pgcdc: %s:%d: unknown section [%.*s] (expected [postgres] or [server])\n",
+            if (!ieq(name, sn, "postgres") && !ieq(name, sn, "server") && !ieq(name, sn, "rules")) {
+                fprintf(stderr, "pgcdc: %s:%d: unknown section [%.*s] (expected [postgres], [server] or [rules])\n",
                         path, lineno, (int)sn, name);
                 goto fail;
             }
+            if (ieq(name, sn, "rules") && !rules_line)
+                rules_line = lineno;
             snprintf(section, sizeof section, "%.*s", (int)sn, name);
             for (char *p = section; *p; p++)
                 *p = (char)tolower((unsigned char)*p);
@@ -542,6 +674,11 @@ static int config_load(config *c, const char *path)
         if (!*section) {
             fprintf(stderr, "pgcdc: %s:%d: key \"%.*s\" outside of a section\n", path, lineno, (int)kn, key);
             goto fail;
+        }
+        if (!strcmp(section, "rules")) {
+            if (config_rule(c, key, kn, vbuf, path, lineno))
+                goto fail;
+            continue;
         }
         size_t i;
         for (i = 0; i < NKEYS; i++)
@@ -567,7 +704,7 @@ static int config_load(config *c, const char *path)
         fprintf(stderr, "pgcdc: %s: missing required key \"conninfo\" in [postgres]\n", path);
         return -1;
     }
-    return 0;
+    return config_check_auth(c, path, seen, rules_line);
 fail:
     fclose(f);
     return -1;
@@ -622,6 +759,7 @@ enum cstate { C_HTTP, C_PENDING, C_WS, C_CLOSING, C_LINGER };
 typedef struct pending {
     spec *sp;
     ws_params prm;
+    char *sub;           /* the JWT's sub claim, for the log; NULL if none */
     char accept[WS_ACCEPT_LEN + 1];
     lookup *lk;
     uint64_t since_lsn;  /* since=, parsed */
@@ -646,6 +784,7 @@ struct client {
     int64_t last_rx;     /* ms of the last byte received */
     int64_t last_ping;
     int64_t grant_exp;   /* unix seconds; 0 none */
+    int64_t token_exp;   /* the JWT's exp, unix seconds; 0 none */
     char *req;           /* HTTP request bytes (C_HTTP, C_PENDING) */
     uint32_t req_len, req_cap;
     uint32_t head_len;   /* bytes of the request head */
@@ -782,6 +921,7 @@ typedef struct server {
     int log_level;            /* L_* */
     int sigpipe[2];
     volatile int stop;
+    volatile int hup;         /* SIGHUP: re-read jwt_keys */
     int64_t now;
     int64_t stop_deadline;
 
@@ -795,6 +935,10 @@ typedef struct server {
     unsigned ntabs_buckets, ntabs;
     char *mbuf;               /* matcher scratch (spec_match) */
     size_t mcap;
+    jwt *tok;                 /* the token being checked (about 20 KB) */
+    /* projected frames of the change being broadcast, one per projection */
+    struct proj_frame { const spec *sp; frame *f; } *proj;
+    unsigned nproj, capproj;
 
     /* frame pool: free lists per size class */
     frame *pool[NCLASS];
@@ -916,6 +1060,58 @@ static frame *frame_ws(int opcode, const void *payload, size_t n)
         memcpy(f->data + hl, payload, n);
     f->hdr = (uint32_t)hl;
     return f;
+}
+
+/* The change frame f with only sp's columns (columns=), as a new frame
+ * with the same position; NULL if the record cannot be read (then nothing
+ * is sent rather than more columns than asked for). */
+static frame *frame_project(const frame *f, const spec *sp)
+{
+    const char *pl = (const char *)f->data + f->hdr;
+    size_t n = f->len - f->hdr;
+    char *out = xmalloc(n ? n : 1);
+    long pn = w2j_project(pl, n, sp->cols, sp->ncols, S.repl.toks, S.repl.ntoks, out, n);
+    if (pn < 0) {
+        free(out);
+        return NULL;
+    }
+    frame *p = frame_ws(WS_OP_TEXT, out, (size_t)pn);
+    free(out);
+    p->change = 1;
+    p->types = f->types;
+    p->tab = f->tab;
+    p->lsn = f->lsn;
+    p->idx = f->idx;
+    p->xid = f->xid;
+    p->seq = f->seq;
+    return p;
+}
+
+/* The projection of f for sp, built once per distinct projection of the
+ * change being broadcast (S.proj holds them until the change is done). */
+static frame *frame_projected(frame *f, const spec *sp)
+{
+    for (unsigned i = 0; i < S.nproj; i++) {
+        const spec *o = S.proj[i].sp;
+        if (o->ncols != sp->ncols)
+            continue;
+        unsigned k = 0;
+        while (k < sp->ncols && !strcmp(o->cols[k], sp->cols[k]))
+            k++;
+        if (k == sp->ncols)
+            return S.proj[i].f;
+    }
+    frame *p = frame_project(f, sp);
+    if (!p)
+        return NULL;
+    if (S.nproj == S.capproj) {
+        S.capproj = S.capproj ? 2 * S.capproj : 8;
+        S.proj = xrealloc(S.proj, S.capproj * sizeof *S.proj);
+    }
+    S.proj[S.nproj].sp = sp;
+    S.proj[S.nproj].f = p;
+    S.nproj++;
+    return p;
 }
 
 static frame *hist_at(uint64_t seq)
@@ -1218,6 +1414,7 @@ static void client_free_mem(client *c)
             c->pend->lk->c = NULL;   /* the look-up outlives the client */
         free(c->pend->sp);
         params_free(&c->pend->prm);
+        free(c->pend->sub);
         free(c->pend);
     }
     free(c);
@@ -1428,8 +1625,17 @@ static void replay_fill(client *c)
             return;
         }
         c->cursor++;
-        if (frame_matches(c, f) && !seen_already(c, f))
-            q_push(c, f);
+        if (frame_matches(c, f) && !seen_already(c, f)) {
+            if (!c->grp->sp->ncols) {
+                q_push(c, f);
+            } else {
+                frame *p = frame_project(f, c->grp->sp);
+                if (p) {
+                    q_push(c, p);
+                    frame_unref(p);
+                }
+            }
+        }
     }
 }
 
@@ -1725,6 +1931,174 @@ static void missing_add(const char *schema, const char *name)
     m->at = S.now;
 }
 
+/* ---- JWT access and rules (docs/protocol.md, JWT and Rules) ---- */
+
+static int jwt_on(void)
+{
+    return S.cfg.jwt_secret || S.cfg.jwt_keys;
+}
+
+/* SIGHUP: the jwt_keys file again; one that fails keeps the keys. */
+static void reload_keys(void)
+{
+    char err[512];
+    if (!S.cfg.jwt_keys) {
+        log_info("SIGHUP: no jwt_keys file to re-read");
+        return;
+    }
+    jwks *k = jwks_load(S.cfg.jwt_keys, err, sizeof err);
+    if (!k) {
+        log_warn("SIGHUP: jwt_keys not reloaded, the keys already loaded stay: %s", err);
+        return;
+    }
+    free(S.cfg.keys);
+    S.cfg.keys = k;
+    log_info("SIGHUP: %u RSA key%s loaded from %s%s", k->n, k->n == 1 ? "" : "s", S.cfg.jwt_keys,
+             k->skipped ? " (keys of other kinds skipped)" : "");
+}
+
+/* Credentials of a JWT client: the token from Authorization: Bearer or
+ * ?token= (prm NULL when the query string did not parse), verified into
+ * S.tok.  Returns 0, or -1 once the 401 is sent. */
+static int jwt_auth(client *c, const http_req *r, const ws_params *prm)
+{
+    char err[256];
+    const char *tok = NULL;
+    size_t tn = 0;
+    if (r->auth.n > 7 && ieq(r->auth.p, 7, "bearer ")) {
+        tn = r->auth.n - 7;
+        tok = trim(r->auth.p + 7, &tn);
+    } else if (prm && prm->token) {
+        tok = prm->token;
+        tn = strlen(tok);
+    }
+    if (!tok) {
+        S.count.auth_fail[AUTHF_JWT]++;
+        http_error(c, 401, "WWW-Authenticate: Bearer\r\n",
+                   "missing token: send a JWT as Authorization: Bearer <token> or ?token=");
+        return -1;
+    }
+    if (!S.tok)
+        S.tok = xmalloc(sizeof *S.tok);
+    jwt_config jc = { (const uint8_t *)S.cfg.jwt_secret, S.cfg.jwt_secret ? strlen(S.cfg.jwt_secret) : 0,
+                      S.cfg.keys, S.cfg.jwt_issuer, S.cfg.jwt_audience };
+    if (jwt_verify(S.tok, tok, tn, &jc, (int64_t)time(NULL), err, sizeof err) != JWT_OK) {
+        S.count.auth_fail[AUTHF_JWT]++;
+        log_info("client %llu %s: JWT refused: %s", (unsigned long long)c->id, c->addr, err);
+        http_error(c, 401, "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n", "%s", err);
+        return -1;
+    }
+    c->token_exp = S.tok->exp;
+    int i = jwt_claim(S.tok, "sub", 3);
+    if (i >= 0 && S.tok->ctok[i].type == JSON_STRING && c->pend) {
+        const json_tok *t = &S.tok->ctok[i];
+        char *sub = xmalloc(t->end - t->start + 1);
+        long n = json_unescape(S.tok->claims + t->start, t->end - t->start, sub, t->end - t->start);
+        if (n >= 0) {
+            sub[n] = 0;
+            c->pend->sub = sub;
+        } else {
+            free(sub);
+        }
+    }
+    return 0;
+}
+
+static void rule_refuse(client *c, int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (status == 403)
+        S.count.auth_fail[AUTHF_RULE]++;
+    http_error(c, status, NULL, "%s", msg);
+}
+
+/* The client's subscription sp with its table's rule applied (the rule's
+ * filters, the claims put in as values, the rule's columns).  Returns the
+ * new spec (sp is freed), or NULL once the 403 is sent. */
+static spec *rule_apply(client *c, spec *sp)
+{
+    const ws_params *prm = &c->pend->prm;
+    const rule *r = rule_find(S.cfg.rules, S.cfg.nrules, sp->schema, sp->table);
+    if (!r) {
+        rule_refuse(c, 403, "no rule for table %s.%s", sp->schema, sp->table);
+        free(sp);
+        return NULL;
+    }
+    unsigned nf = r->sp->nfilters;
+    rule_value **vals = xmalloc((nf + 1) * sizeof *vals);
+    unsigned *nvals = xmalloc((nf + 1) * sizeof *nvals);
+    char *pool = xmalloc((size_t)nf * (S.tok->clen + 1) + 1);
+    size_t used = 0;
+    spec *out = NULL;
+    memset(vals, 0, (nf + 1) * sizeof *vals);
+    for (unsigned i = 0; i < nf; i++) {
+        nvals[i] = 0;
+        if (!r->paths[i])
+            continue;
+        const char *path = r->paths[i];
+        int at = jwt_claim(S.tok, path, strlen(path));
+        int in = r->sp->filters[i].op == OP_IN;
+        if (at < 0) {
+            rule_refuse(c, 403, "the token has no claim \"%s\" that the rule for %s.%s needs", path,
+                        sp->schema, sp->table);
+            goto done;
+        }
+        const json_tok *t = &S.tok->ctok[at];
+        unsigned cnt = in ? t->size : 1;
+        if ((in && t->type != JSON_ARRAY) || (!in && t->type != JSON_STRING && t->type != JSON_NUMBER)) {
+            rule_refuse(c, 403, "claim \"%s\" must be %s", path,
+                        in ? "an array of strings and numbers" : "a string or a number");
+            goto done;
+        }
+        if (cnt > 1000) {
+            rule_refuse(c, 403, "claim \"%s\" has more than 1000 elements", path);
+            goto done;
+        }
+        vals[i] = xmalloc((cnt ? cnt : 1) * sizeof **vals);
+        const json_tok *e = in ? t + 1 : t;
+        for (unsigned k = 0; k < cnt; k++) {
+            if (e->type != JSON_STRING && e->type != JSON_NUMBER) {
+                rule_refuse(c, 403, "claim \"%s\" must be an array of strings and numbers", path);
+                goto done;
+            }
+            const char *src = S.tok->claims + e->start;
+            size_t sn = e->end - e->start;
+            if (e->type == JSON_STRING) {
+                long un = json_unescape(src, sn, pool + used, S.tok->clen + 1);
+                if (un < 0 || memchr(pool + used, 0, (size_t)un)) {
+                    rule_refuse(c, 403, "claim \"%s\" holds a string pgcdc cannot compare", path);
+                    goto done;
+                }
+                src = pool + used;
+                sn = (size_t)un;
+                used += sn;
+            }
+            vals[i][k].s = src;
+            vals[i][k].n = sn;
+            e++;   /* array elements are scalars: one token each */
+        }
+        nvals[i] = cnt;
+    }
+    char err[512];
+    int st;
+    out = spec_build(prm->query, prm->filters, prm->nfilters, prm->columns, r,
+                     (const rule_value *const *)vals, nvals, &st, err, sizeof err);
+    if (!out)
+        rule_refuse(c, st, "%s", err);
+done:
+    for (unsigned i = 0; i < nf; i++)
+        free(vals[i]);
+    free(vals);
+    free(nvals);
+    free(pool);
+    free(sp);
+    return out;
+}
+
 static void handle_ws_request(client *c, http_req *r)
 {
     char err[512];
@@ -1791,6 +2165,8 @@ static void handle_ws_request(client *c, http_req *r)
             http_error(c, 401, "WWW-Authenticate: Bearer\r\n", "invalid token");
             return;
         }
+    } else if (jwt_on() && jwt_auth(c, r, perr ? NULL : &pd->prm)) {
+        return;
     }
     if (origin < 0) {
         S.count.auth_fail[AUTHF_ORIGIN]++;
@@ -1809,9 +2185,11 @@ static void handle_ws_request(client *c, http_req *r)
         http_error(c, 400, NULL, "missing query parameter: expected /ws?query=types:table[:filter]");
         return;
     }
-    spec *sp = spec_parse(pd->prm.query, pd->prm.filters, pd->prm.nfilters, err, sizeof err);
+    int st;
+    spec *sp = spec_build(pd->prm.query, pd->prm.filters, pd->prm.nfilters, pd->prm.columns,
+                          NULL, NULL, NULL, &st, err, sizeof err);
     if (!sp) {
-        http_error(c, 400, NULL, "%s", err);
+        http_error(c, st, NULL, "%s", err);
         return;
     }
     pd->sp = sp;
@@ -1828,12 +2206,18 @@ static void handle_ws_request(client *c, http_req *r)
      * unauthorized client learns nothing about which tables exist */
     if (grant_check(c, sp))
         return;
+    if (jwt_on()) {
+        pd->sp = NULL;   /* rule_apply frees it */
+        if (!(sp = rule_apply(c, sp)))
+            return;
+        pd->sp = sp;
+    }
     if (missing_recently(sp->schema, sp->table)) {
         http_error(c, 400, NULL, "table %s.%s does not exist", sp->schema, sp->table);
         return;
     }
     table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 0);
-    if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS) {
+    if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS && !sp->ncols) {
         upgrade_finish(c);
         return;
     }
@@ -1895,8 +2279,10 @@ static void upgrade_finish(client *c)
     frame_unref(f);
 
     table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 1);
-    log_info("client %llu %s: subscribed to %s%s%s", (unsigned long long)c->id, c->addr, pd->prm.query,
-             pd->prm.since ? " since " : "", pd->prm.since ? pd->prm.since : "");
+    log_info("client %llu %s: subscribed to %s%s%s%s%s%s%s", (unsigned long long)c->id, c->addr, pd->prm.query,
+             pd->prm.columns ? " columns=" : "", pd->prm.columns ? pd->prm.columns : "",
+             pd->prm.since ? " since " : "", pd->prm.since ? pd->prm.since : "",
+             pd->sub ? " sub=" : "", pd->sub ? pd->sub : "");
     pd->sp = NULL;
     group_join(c, sp, t);
     S.http.nclients++;
@@ -1914,6 +2300,7 @@ static void upgrade_finish(client *c)
         c->since_idx = sidx;
     }
     params_free(&pd->prm);
+    free(pd->sub);
     free(pd);
     c->pend = NULL;
     set_events(c);
@@ -2109,7 +2496,9 @@ static void cat_send(void)
     }
     const char *vals[2] = { S.cat.lk_head->schema, S.cat.lk_head->name };
     if (!PQsendQueryParams(S.cat.conn,
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT a.attname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             2, NULL, vals, NULL, NULL, 0)) {
         cat_down(PQerrorMessage(S.cat.conn));
@@ -2204,6 +2593,18 @@ static void cat_event(void)
             return;
         }
         int exists = PQntuples(res) > 0;
+        /* columns= names must be the table's (one row per column) */
+        const char *missing = NULL;
+        const spec *lsp = l->c ? l->c->pend->sp : NULL;
+        for (unsigned i = 0; exists && lsp && i < lsp->ncols && !missing; i++) {
+            int k = 0;
+            while (k < PQntuples(res) && strcmp(PQgetvalue(res, k, 0), lsp->cols[i]))
+                k++;
+            if (k == PQntuples(res))
+                missing = lsp->cols[i];
+        }
+        char mcol[160];
+        snprintf(mcol, sizeof mcol, "%s", missing ? missing : "");
         PQclear(res);
         S.cat.lk_head = l->next;
         if (!S.cat.lk_head)
@@ -2219,7 +2620,10 @@ static void cat_event(void)
         if (c) {
             c->pend->lk = NULL;
             c->state = C_HTTP;
-            if (exists)
+            if (exists && missing)
+                http_error(c, 400, NULL, "table %s.%s has no column \"%s\" (columns=)", c->pend->sp->schema,
+                           c->pend->sp->table, mcol);
+            else if (exists)
                 upgrade_finish(c);
             else
                 http_error(c, 400, NULL, "table %s.%s does not exist", c->pend->sp->schema, c->pend->sp->table);
@@ -2693,13 +3097,19 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
             gnext = g->next;   /* g goes away if its last member is dropped */
             if (!spec_match(g->sp, r, match_scratch(len), S.mcap))
                 continue;
+            frame *gf = g->sp->ncols ? frame_projected(f, g->sp) : f;
+            if (!gf)
+                continue;
             for (client *c = g->members, *next; c; c = next) {
                 next = c->gnext;   /* a slow client leaves the group here */
                 if (!c->replaying)
-                    client_queue(c, f);
+                    client_queue(c, gf);
             }
         }
     }
+    for (unsigned i = 0; i < S.nproj; i++)
+        frame_unref(S.proj[i].f);
+    S.nproj = 0;
     frame_unref(f);
 }
 
@@ -2952,7 +3362,10 @@ static void metrics_body(sbuf *b)
 static void on_signal(int sig)
 {
     int saved = errno;
-    S.stop = sig;
+    if (sig == SIGHUP)
+        S.hup = 1;
+    else
+        S.stop = sig;
     if (write(S.sigpipe[1], "x", 1) < 0) {
         /* the pipe is full: the loop wakes anyway */
     }
@@ -3202,6 +3615,11 @@ static void clients_tick(void)
             client_ws_close(c, WS_CLOSE_POLICY, "grant expired", 1);
             continue;
         }
+        if (c->token_exp && wall >= c->token_exp) {
+            log_info("client %llu %s: token expired", (unsigned long long)c->id, c->addr);
+            client_ws_close(c, WS_CLOSE_POLICY, "token expired", 1);
+            continue;
+        }
         if (ping_ms) {
             if (S.now - c->last_rx >= 3 * ping_ms) {
                 log_info("client %llu %s: silent for %d s, dropped", (unsigned long long)c->id, c->addr,
@@ -3322,6 +3740,10 @@ static int run(void)
             while (read(S.sigpipe[0], drain, sizeof drain) > 0)
                 ;
         }
+        if (S.hup) {
+            S.hup = 0;
+            reload_keys();
+        }
         if (S.repl.conn && (S.pfd[SLOT_REPL].revents || S.repl.more))
             repl_event(S.pfd[SLOT_REPL].revents ? S.pfd[SLOT_REPL].revents : POLLIN);
         if (S.cat.conn && S.pfd[SLOT_CAT].revents)
@@ -3436,6 +3858,7 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     S.http.listen_fd = listen_on(S.cfg.listen, err, sizeof err);
     if (S.http.listen_fd < 0) {

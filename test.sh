@@ -26,7 +26,7 @@ ROOT=$PWD
 # Debian packages the tests need.
 DEPS=(postgresql-15 postgresql-15-wal2json libpq-dev python3-websockets
       build-essential clang libclang-rt-14-dev valgrind nginx openssl curl
-      chromium haproxy nodejs)
+      chromium haproxy nodejs npm python3-jwt python3-cryptography)
 
 # Stages in the order they run.
 STAGES=(deps build clang unit postgres suites optional)
