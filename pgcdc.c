@@ -1883,8 +1883,9 @@ static int same_origin(slice o, slice host)
     return 1;
 }
 
-/* The Origin policy (docs/protocol.md, allowed_origins): 0 no Origin (not a
- * browser), 1 allowed (the server's own, listed, or "*"), -1 refused. */
+/* The Origin policy (docs/protocol.md, [server] allowed_origins): 0 no
+ * Origin (not a browser), 1 allowed (the server's own, listed, or "*"),
+ * -1 refused. */
 static int origin_check(const http_req *r)
 {
     if (r->norigin == 0)
