@@ -3845,6 +3845,11 @@ int main(int argc, char **argv)
         return 0;
     }
     S.config_path = path;
+    if (S.cfg.keys)
+        log_info("jwt_keys: %u RSA key%s loaded from %s%s", S.cfg.keys->n, S.cfg.keys->n == 1 ? "" : "s",
+                 S.cfg.jwt_keys, S.cfg.keys->skipped ? " (keys of other kinds skipped)" : "");
+    if (S.cfg.jwt_secret || S.cfg.jwt_keys)
+        log_info("JWT access: %u rule%s", S.cfg.nrules, S.cfg.nrules == 1 ? "" : "s");
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
     if (pipe(S.sigpipe) < 0) {
