@@ -558,6 +558,29 @@ def t_config_errors():
     config_error([("server", [ok]), ("rules", ["public.t = allow", "public.t = allow"])], "duplicate")
 
 
+# ---- README ------------------------------------------------------------------
+
+def t_readme_snippets():
+    """README's minting snippets are the code of tests/jwt_mint.py and .js
+    (which the tests above run), paragraph by paragraph."""
+    with open(os.path.join(os.path.dirname(HERE), "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("## Login tokens")
+    section = text[start:text.index("\n## ", start + 5)]
+    files = {"python": "jwt_mint.py", "js": "jwt_mint.js"}
+    seen = set()
+    for lang, code in re.findall(r"^```(\w+)\n(.*?)^```", section, re.S | re.M):
+        if lang not in files:
+            continue
+        with open(os.path.join(HERE, files[lang]), encoding="utf-8") as f:
+            src = f.read()
+        for chunk in re.split(r"\n\s*\n", code.strip("\n")):
+            assert chunk in src, "README's %s snippet is not in tests/%s:\n%s" % (lang, files[lang], chunk)
+        seen.add(lang)
+    assert seen == set(files), "snippets found for %s only" % sorted(seen)
+    assert re.search(r"^\[rules\]$", section, re.M), "no [rules] example"
+
+
 # ---- main --------------------------------------------------------------------
 
 def main():
@@ -590,6 +613,8 @@ def main():
             run_test("columns= projection: bytes, identity, filters on hidden columns, replay", t_columns_projection_bytes, plain)
         finally:
             plain.stop()
+    if selected("README"):
+        run_test("README: the minting snippets are tests/jwt_mint.py and .js", t_readme_snippets)
     if selected("configuration errors"):
         run_test("configuration errors: key files, secrets, exclusivity, [rules] with file:line", t_config_errors)
     shutil.rmtree(TMP, ignore_errors=True)
