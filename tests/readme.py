@@ -168,21 +168,30 @@ def t_nginx_is_dist():
                                  % (n + 1, a[n] if n < len(a) else None, b[n] if n < len(b) else None))
 
 
-def t_grant_snippets():
-    files = {"sh": "grant_mint.sh", "python": "grant_mint.py", "js": "grant_mint.js"}
-    seen = set()
-    for section, lang, code, _ in blocks():
-        if "grant" not in section.lower() or lang not in files:
-            continue
-        with open(os.path.join(HERE, files[lang]), encoding="utf-8") as f:
-            src = f.read()
-        # every paragraph of code that defines something is the file's own
-        for chunk in re.split(r"\n\s*\n", code.strip("\n")):
-            if lang == "sh" or re.match(r"^(def |function |import |from )", chunk) and (
-                    "def " in chunk or "function " in chunk):
+SNIPPET_FILES = (   # README section (lower case contains) -> the files its snippets are
+    ("grant", {"sh": "grant_mint.sh", "python": "grant_mint.py", "js": "grant_mint.js"}),
+    ("login tokens", {"python": "jwt_mint.py", "js": "jwt_mint.js"}),
+)
+
+
+def t_mint_snippets():
+    """Every paragraph of a minting snippet is code of the file the tests
+    run, except paragraphs of imports alone (a file may import more) and
+    one-line usage examples."""
+    for key, files in SNIPPET_FILES:
+        seen = set()
+        for section, lang, code, _ in blocks():
+            if key not in section.lower() or lang not in files:
+                continue
+            with open(os.path.join(HERE, files[lang]), encoding="utf-8") as f:
+                src = f.read()
+            for chunk in re.split(r"\n\s*\n", code.strip("\n")):
+                lines = chunk.split("\n")
+                if len(lines) == 1 or all(re.match(r"^(import|from) ", ln) for ln in lines):
+                    continue
                 assert chunk in src, "README's %s snippet is not in tests/%s:\n%s" % (lang, files[lang], chunk)
                 seen.add(lang)
-    assert seen == set(files), "minting snippets found for %s only" % sorted(seen)
+        assert seen == set(files), "%s snippets found for %s only, want %s" % (key, sorted(seen), sorted(files))
 
 
 def t_systemd_steps():
@@ -617,7 +626,7 @@ def main():
     import harness
     for name, fn in (
             ("readme: the nginx block is dist/nginx.conf", t_nginx_is_dist),
-            ("readme: the grant minting snippets are tests/grant_mint.*", t_grant_snippets),
+            ("readme: the grant and JWT minting snippets are tests/grant_mint.*, tests/jwt_mint.*", t_mint_snippets),
             ("readme: the systemd steps are dist/pgcdc.service's", t_systemd_steps),
             ("readme: each readable example URL decodes like its encoded form", t_example_pairs),
             ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
