@@ -9,17 +9,31 @@
 #include <ctype.h>
 #include <string.h>
 
+size_t http_head_end(const char *b, size_t n, size_t *scanned)
+{
+    /* no empty line ends before *scanned, so one that does starts at most
+     * two bytes before it ("\n\r" then "\n") */
+    size_t i = *scanned > 2 ? *scanned - 2 : 0;
+    for (; i + 1 < n; i++) {
+        if (b[i] != '\n')
+            continue;
+        if (b[i + 1] == '\n')
+            return i + 2;
+        if (b[i + 1] == '\r' && i + 2 < n && b[i + 2] == '\n')
+            return i + 3;
+    }
+    if (n > *scanned)
+        *scanned = n;
+    return 0;
+}
+
 int http_parse(const char *b, size_t n, http_req *r)
 {
-    const char *end = NULL;
-    size_t i;
+    size_t i, scanned = 0, head = http_head_end(b, n, &scanned);
     memset(r, 0, sizeof *r);
-    for (i = 0; i + 1 < n; i++) {
-        if (b[i] == '\n' && b[i + 1] == '\n') { end = b + i + 2; break; }
-        if (b[i] == '\n' && b[i + 1] == '\r' && i + 2 < n && b[i + 2] == '\n') { end = b + i + 3; break; }
-    }
-    if (!end)
+    if (!head)
         return 0;
+    const char *end = b + head;
     r->head_len = (size_t)(end - b);
     const char *p = b, *stop = end;
     /* request line */
@@ -99,4 +113,42 @@ int http_parse(const char *b, size_t n, http_req *r)
         p = eol + 1;
     }
     return 1;
+}
+
+/* Is Origin the server's own: an http(s) origin whose scheme-less
+ * host[:port] equals the Host header (case-insensitively)? */
+static int same_origin(slice o, slice host)
+{
+    size_t k;
+    if (o.n > 7 && ieq(o.p, 7, "http://"))
+        k = 7;
+    else if (o.n > 8 && ieq(o.p, 8, "https://"))
+        k = 8;
+    else
+        return 0;
+    if (o.n - k != host.n)
+        return 0;
+    for (size_t i = 0; i < host.n; i++)
+        if (tolower((unsigned char)o.p[k + i]) != tolower((unsigned char)host.p[i]))
+            return 0;
+    return 1;
+}
+
+int http_origin_check(const http_req *r, const char *allowed)
+{
+    if (r->norigin == 0)
+        return 0;
+    if (r->norigin > 1)
+        return -1;
+    if (r->nhost == 1 && same_origin(r->origin, r->host))
+        return 1;
+    for (const char *s = allowed; s && *s; ) {
+        const char *comma = strchr(s, ',');
+        size_t n = comma ? (size_t)(comma - s) : strlen(s);
+        const char *t = trim(s, &n);
+        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
+            return 1;
+        s = comma ? comma + 1 : NULL;
+    }
+    return -1;
 }

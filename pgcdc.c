@@ -788,6 +788,7 @@ struct client {
     char *req;           /* HTTP request bytes (C_HTTP, C_PENDING) */
     uint32_t req_len, req_cap;
     uint32_t head_len;   /* bytes of the request head */
+    size_t scanned;      /* request bytes searched for the head's end */
     pending *pend;
     group *grp;
     client *gnext, *gprev;
@@ -1864,48 +1865,6 @@ static void client_addr_from_xff(client *c, slice xff)
     }
 }
 
-/* Is Origin the server's own: an http(s) origin whose scheme-less
- * host[:port] equals the Host header (case-insensitively)? */
-static int same_origin(slice o, slice host)
-{
-    size_t k;
-    if (o.n > 7 && ieq(o.p, 7, "http://"))
-        k = 7;
-    else if (o.n > 8 && ieq(o.p, 8, "https://"))
-        k = 8;
-    else
-        return 0;
-    if (o.n - k != host.n)
-        return 0;
-    for (size_t i = 0; i < host.n; i++)
-        if (tolower((unsigned char)o.p[k + i]) != tolower((unsigned char)host.p[i]))
-            return 0;
-    return 1;
-}
-
-/* The Origin policy (docs/protocol.md, [server] allowed_origins): 0 no
- * Origin (not a browser), 1 allowed (the server's own, listed, or "*"),
- * -1 refused. */
-static int origin_check(const http_req *r)
-{
-    if (r->norigin == 0)
-        return 0;
-    if (r->norigin > 1)
-        return -1;
-    if (r->nhost == 1 && same_origin(r->origin, r->host))
-        return 1;
-    const char *s = S.cfg.allowed_origins;
-    while (s && *s) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *t = trim(s, &n);
-        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
-            return 1;
-        s = comma ? comma + 1 : NULL;
-    }
-    return -1;
-}
-
 static int grant_check(client *c, const spec *sp);
 
 /* Tables the catalog said do not exist, remembered for MISSING_CACHE_MS so
@@ -2143,7 +2102,7 @@ static void handle_ws_request(client *c, http_req *r)
     }
     /* from here on, a browser (an allowed Origin) reads refusals as close
      * codes (ws_refuse) */
-    int origin = origin_check(r);
+    int origin = http_origin_check(r, S.cfg.allowed_origins);
     c->browser = (uint8_t)(origin > 0);
     int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
     if (S.cfg.token) {
@@ -2433,7 +2392,9 @@ static void client_read(client *c)
         c->req_len += (uint32_t)n;
         c->last_rx = S.now;
         http_req r;
-        int pr = http_parse(c->req, c->req_len, &r);
+        /* only the new bytes are searched for the end of the head */
+        size_t head = http_head_end(c->req, c->req_len, &c->scanned);
+        int pr = head ? http_parse(c->req, head, &r) : 0;
         if (pr != 0)
             waiting_del(c);   /* the request is complete (or broken) */
         if (pr < 0)

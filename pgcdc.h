@@ -399,6 +399,18 @@ typedef struct http_req {
 /* Parses a complete request head in b[0..n).  Returns 1 when r is filled,
  * 0 when more bytes are needed, -1 when the head is malformed. */
 int http_parse(const char *b, size_t n, http_req *r);
+/* Where the request head in b[0..n) ends (the first empty line), looking
+ * only at the bytes from *scanned on (and the two before, which the empty
+ * line may span), so that a head arriving in pieces is scanned once in
+ * all.  Start with *scanned = 0; it is advanced to n while no end is
+ * found.  Returns the head's length, or 0 when it is not complete. */
+size_t http_head_end(const char *b, size_t n, size_t *scanned);
+/* The Origin policy (docs/protocol.md, allowed_origins) for a request:
+ * 0 no Origin header (not a browser); 1 allowed: the server's own origin
+ * (its scheme-less host[:port] equals Host), or listed in allowed (a comma
+ * list of exact values, or "*"; NULL: none); -1 refused (also for more
+ * than one Origin header). */
+int http_origin_check(const http_req *r, const char *allowed);
 
 /* ==== stream.c =========================================================== */
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/fuzz.sh -- the fuzz stage of test.sh.
 #
-# For each parser target (ws, json, query, http, jwt, jwks):
+# For each target (ws, json, query, http, request: the whole /ws request path
+# before the catalog, jwt, jwks):
 #   1. builds tests/fuzz/fuzz_<target>.c with clang and libFuzzer (plus ASan
 #      and UBSan) into build/fuzz/, and runs it for FUZZ_SECONDS (default 20)
 #      on a scratch copy of tests/fuzz/corpus/<target>/, so the repository
@@ -22,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 0
 ROOT=$PWD
 SECS=${FUZZ_SECONDS:-20}
 case $SECS in ''|*[!0-9]*) SECS=20 ;; esac
-TARGETS=${FUZZ_TARGETS:-ws json query http jwt jwks}
+TARGETS=${FUZZ_TARGETS:-ws json query http request jwt jwks}
 OUT=$ROOT/build/fuzz
 STD=(-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1
      -fno-omit-frame-pointer -I"$ROOT")
@@ -39,6 +40,7 @@ sources() {
         json) echo "json.c" ;;
         query) echo "query.c json.c" ;;
         http) echo "http.c query.c json.c" ;;
+        request) echo "http.c query.c json.c grant.c sha1.c base64.c" ;;
         jwt|jwks) echo "jwt.c sha256.c base64.c json.c" ;;
     esac
 }

@@ -20,6 +20,7 @@ void test_sha256(void);
 void test_jwt(void);
 void test_snapshot(void);
 void test_project(void);
+void test_http(void);
 
 int main(void)
 {
@@ -33,6 +34,7 @@ int main(void)
     test_jwt();
     test_snapshot();
     test_project();
+    test_http();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }
