@@ -194,6 +194,31 @@ def t_mint_snippets():
         assert seen == set(files), "%s snippets found for %s only, want %s" % (key, sorted(seen), sorted(files))
 
 
+def t_snippets_parse():
+    """Every JavaScript, Python and shell block of README parses."""
+    checks = {"js": (".mjs", ["node", "--check"]), "python": (".py", ["/usr/bin/python3", "-m", "py_compile"]),
+              "sh": (".sh", ["bash", "-n"])}
+    tmp = tempfile.mkdtemp(prefix="readme-parse-")
+    bad, n = [], 0
+    try:
+        for i, (section, lang, code, _) in enumerate(blocks()):
+            if lang not in checks or (lang == "js" and not shutil.which("node")):
+                continue
+            ext, cmd = checks[lang]
+            path = os.path.join(tmp, "b%d%s" % (i, ext))
+            with open(path, "w") as f:
+                f.write(code)
+            p = subprocess.run(cmd + [path], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+            n += 1
+            if p.returncode != 0:
+                bad.append("%s block in %r: %s" % (lang, section, (p.stderr or p.stdout).strip()[-300:]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert n, "no code blocks found"
+    assert not bad, "README code that does not parse:\n  " + "\n  ".join(bad)
+
+
 def t_systemd_steps():
     with open(os.path.join(ROOT, "dist", "pgcdc.service"), encoding="utf-8") as f:
         unit = f.read()
@@ -628,6 +653,7 @@ def main():
             ("readme: the nginx block is dist/nginx.conf", t_nginx_is_dist),
             ("readme: the grant and JWT minting snippets are tests/grant_mint.*, tests/jwt_mint.*", t_mint_snippets),
             ("readme: the systemd steps are dist/pgcdc.service's", t_systemd_steps),
+            ("readme: every JavaScript, Python and shell block parses", t_snippets_parse),
             ("readme: each readable example URL decodes like its encoded form", t_example_pairs),
             ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
             ("readme, protocol: every configuration key is in both tables and the example file", lambda: t_config_keys_documented(pgcdc)),
