@@ -405,8 +405,8 @@ int http_parse(const char *b, size_t n, http_req *r);
  * all.  Start with *scanned = 0; it is advanced to n while no end is
  * found.  Returns the head's length, or 0 when it is not complete. */
 size_t http_head_end(const char *b, size_t n, size_t *scanned);
-/* The Origin policy (docs/protocol.md, allowed_origins) for a request:
- * 0 no Origin header (not a browser); 1 allowed: the server's own origin
+/* The Origin policy (docs/protocol.md, [server] allowed_origins) for a
+ * request: 0 no Origin header (not a browser); 1 allowed: the server's own origin
  * (its scheme-less host[:port] equals Host), or listed in allowed (a comma
  * list of exact values, or "*"; NULL: none); -1 refused (also for more
  * than one Origin header). */
