@@ -719,9 +719,16 @@ FP_INLINE const unsigned char *fp_num(const unsigned char *p, const unsigned cha
     if (*p == '0') {
         p++;
     } else if (*p >= '1' && *p <= '9') {
-        do
+        p++;
+        /* eight digits at a time (a timestamp in microseconds has 16) */
+        for (uint64_t v; e - p >= 8; p += 8) {
+            memcpy(&v, p, 8);
+            if ((v & 0xF0F0F0F0F0F0F0F0ULL) != 0x3030303030303030ULL ||
+                ((v + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) != 0x3030303030303030ULL)
+                break;
+        }
+        while (p < e && is_digit(*p))
             p++;
-        while (p < e && is_digit(*p));
     } else {
         return NULL;
     }
@@ -1047,7 +1054,8 @@ static const unsigned char *fp_record(const unsigned char *p, const unsigned cha
     } while (!more);
     if (!(seen & (1u << F_ACTION)))
         return NULL;
-    if (r->action && strchr("IUDT", r->action) && !((seen >> F_SCHEMA) & (seen >> F_TABLE) & 1))
+    char a = r->action;
+    if ((a == 'I' || a == 'U' || a == 'D' || a == 'T') && !((seen >> F_SCHEMA) & (seen >> F_TABLE) & 1))
         return NULL;
     return p;
 }

@@ -21,6 +21,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -934,6 +935,12 @@ typedef struct server {
     /* tables and subscriptions */
     table **tabs;
     unsigned ntabs_buckets, ntabs;
+    table *tab_last;          /* the table the last record named ... */
+    char tab_raw[128];        /* ... by these bytes (schema then table, */
+    uint8_t tab_rsn, tab_rtn; /* as in the record, escapes and all) */
+    char pos_head[32];        /* {"pos":"X/X: of ... */
+    uint64_t pos_head_lsn;    /* ... this commit LSN */
+    uint8_t pos_head_n;       /* (0: none yet) */
     char *mbuf;               /* matcher scratch (spec_match) */
     size_t mcap;
     jwt *tok;                 /* the token being checked (about 20 KB) */
@@ -1242,9 +1249,28 @@ static const char *record_name(slice v, char buf[256], size_t *n)
 static table *table_of_record(const w2j_record *r, int create)
 {
     char sb[256], tb[256];
-    size_t sn, tn;
+    size_t sn, tn, rsn = r->schema.n, rtn = r->table.n;
+    /* consecutive changes mostly name the same table: the same bytes as
+     * last time name the same table (tables are never freed) */
+    if (S.tab_last && rsn == S.tab_rsn && rtn == S.tab_rtn) {
+        size_t i = 0;
+        while (i < rsn && S.tab_raw[i] == r->schema.p[i])
+            i++;
+        while (i < rsn + rtn && S.tab_raw[i] == r->table.p[i - rsn])
+            i++;
+        if (i == rsn + rtn)
+            return S.tab_last;
+    }
     const char *s = record_name(r->schema, sb, &sn), *t = record_name(r->table, tb, &tn);
-    return s && t ? table_get(s, sn, t, tn, create) : NULL;
+    table *found = s && t ? table_get(s, sn, t, tn, create) : NULL;
+    if (found && rsn + rtn <= sizeof S.tab_raw) {
+        memcpy(S.tab_raw, r->schema.p, rsn);
+        memcpy(S.tab_raw + rsn, r->table.p, rtn);
+        S.tab_rsn = (uint8_t)rsn;
+        S.tab_rtn = (uint8_t)rtn;
+        S.tab_last = found;
+    }
+    return found;
 }
 
 static void group_join(client *c, spec *sp, table *t)
@@ -2622,10 +2648,9 @@ static void put64(uint8_t *p, uint64_t v)
 
 static uint64_t get64(const uint8_t *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64toh(v);
 }
 
 /* A server error explained in one line: what is wrong and what to do. */
@@ -2986,26 +3011,32 @@ static void repl_status(void)
 /* Appends v in upper-case hexadecimal without leading zeros. */
 static char *put_hex(char *o, uint32_t v)
 {
-    int shift = 28;
-    while (shift > 0 && !(v >> shift))
-        shift -= 4;
-    for (; shift >= 0; shift -= 4)
-        *o++ = "0123456789ABCDEF"[(v >> shift) & 15];
-    return o;
+    int n = 1;
+    for (uint32_t x = v >> 4; x; x >>= 4)
+        n++;
+    for (int i = n - 1; i >= 0; i--, v >>= 4)
+        o[i] = "0123456789ABCDEF"[v & 15];
+    return o + n;
 }
 
-/* Writes {"pos":"X/X:n", (what snprintf would, for every change, without
- * its cost) into out (at least 40 bytes); returns the length. */
 static int pos_prefix(char *out, uint64_t lsn, uint32_t idx)
 {
     char digits[10];
     int nd = 0;
     char *o = out;
-    memcpy(o, "{\"pos\":\"", 8);
-    o = put_hex(o + 8, (uint32_t)(lsn >> 32));
-    *o++ = '/';
-    o = put_hex(o, (uint32_t)lsn);
-    *o++ = ':';
+    /* every change of a transaction shares the commit LSN: write it once */
+    if (!S.pos_head_n || S.pos_head_lsn != lsn) {
+        char *h = S.pos_head;
+        memcpy(h, "{\"pos\":\"", 8);
+        h = put_hex(h + 8, (uint32_t)(lsn >> 32));
+        *h++ = '/';
+        h = put_hex(h, (uint32_t)lsn);
+        *h++ = ':';
+        S.pos_head_n = (uint8_t)(h - S.pos_head);
+        S.pos_head_lsn = lsn;
+    }
+    memcpy(o, S.pos_head, S.pos_head_n);
+    o += S.pos_head_n;
     do {
         digits[nd++] = (char)('0' + idx % 10);
         idx /= 10;
@@ -3087,7 +3118,9 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
         S.repl.processed = start;
     while (len && (rec[len - 1] == '\n' || rec[len - 1] == ' '))
         len--;
-    if (ws_utf8_step(0, (const uint8_t *)rec, len) != 0) {
+    /* the one-pass reader checks UTF-8 on its way; otherwise check here */
+    int e = w2j_parse(rec, len, S.repl.toks, S.repl.ntoks, S.repl.cols, S.repl.ncols, &r);
+    if (!(e == JSON_OK && r.utf8) && ws_utf8_step(0, (const uint8_t *)rec, len) != 0) {
         /* a text frame must be UTF-8; an SQL_ASCII database can send anything */
         S.count.skipped++;
         log_warn("replication: skipped a wal2json record at %X/%X that is not valid UTF-8 "
@@ -3096,7 +3129,6 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
             S.repl.cur_n++;
         return;
     }
-    int e = w2j_parse(rec, len, S.repl.toks, S.repl.ntoks, S.repl.cols, S.repl.ncols, &r);
     if (e != JSON_OK || len < 2 || rec[0] != '{') {
         S.count.skipped++;
         log_warn("replication: skipped a wal2json record at %X/%X that cannot be parsed (%s, %zu bytes)",
