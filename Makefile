@@ -11,7 +11,7 @@ LDLIBS = -L$(PQ_LIB) -lpq
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-UNITS = sha1.c sha256.c base64.c ws.c json.c jwt.c snapshot.c grant.c query.c http.c stream.c
+UNITS = sha1.c sha256.c base64.c ws.c sse.c json.c jwt.c snapshot.c grant.c query.c http.c stream.c
 SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -35,7 +35,7 @@ web/pgcdc_js.h: web/pgcdc.js web/embed.sh
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
             tests/test_json.c tests/test_query.c tests/test_stream.c \
             tests/test_sha256.c tests/test_jwt.c tests/test_snapshot.c \
-            tests/test_project.c tests/test_http.c
+            tests/test_project.c tests/test_http.c tests/test_sse.c
 tests/unit: $(UNIT_SRCS) $(UNITS) $(HDRS) tests/t.h tests/jwt_vectors.h
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests -I. -o $@ $(UNIT_SRCS) $(UNITS) $(LDFLAGS)
 

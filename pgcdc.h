@@ -2,7 +2,8 @@
  *
  * Units: sha1.c (SHA-1, HMAC-SHA1), sha256.c (SHA-256, HMAC-SHA256),
  * base64.c (RFC 4648 base64 and base64url), ws.c (RFC 6455 handshake key,
- * frame encoder, streaming frame decoder), json.c (wal2json format-version 2
+ * frame encoder, streaming frame decoder), sse.c (Server-Sent Events
+ * framing), json.c (wal2json format-version 2
  * tokenizer), jwt.c (JSON Web Tokens, RSA verification; its own header
  * jwt.h), query.c (the subscription language and matcher), http.c
  * (request-head parser), stream.c (the stream identity), pgcdc.c
@@ -156,6 +157,20 @@ int ws_parse(ws_parser *p, uint8_t *buf, size_t len, size_t *used,
 uint32_t ws_utf8_step(uint32_t state, const uint8_t *s, size_t n);
 /* Is code a valid close code to receive (RFC 6455 7.4)? */
 int ws_close_code_valid(unsigned code);
+
+/* ==== sse.c ============================================================== */
+
+#define SSE_CLOSE_MAX 240   /* room for sse_close_event() */
+
+/* Bytes of the Server-Sent Event carrying a message: "id: <pos>\n" when the
+ * payload starts with {"pos":"...", then "data: " before every line of the
+ * payload, then "\n\n". */
+size_t sse_event_len(const char *payload, size_t n);
+/* Writes that event (sse_event_len bytes) into out; returns its length. */
+size_t sse_event(char *out, const char *payload, size_t n);
+/* "event: close\ndata: <reason>\n\n", the reason on one line and cut at
+ * 200 bytes; returns the length. */
+size_t sse_close_event(char out[SSE_CLOSE_MAX], const char *reason);
 
 /* ==== json.c ============================================================= */
 

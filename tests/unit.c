@@ -21,6 +21,7 @@ void test_jwt(void);
 void test_snapshot(void);
 void test_project(void);
 void test_http(void);
+void test_sse(void);
 
 int main(void)
 {
@@ -35,6 +36,7 @@ int main(void)
     test_snapshot();
     test_project();
     test_http();
+    test_sse();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
 }
