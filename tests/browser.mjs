@@ -5,6 +5,9 @@
 //   DEMO_SQL     optional: run with psql once the page says "live"
 //   DEMO_EXPECT  text that must then appear in the rows (#rows)
 //   DEMO_SHOT    where to save a screenshot
+//   DEMO_DB      database for psql (default PGDATABASE)
+//   DEMO_CHECK   optional: a SELECT whose rows (psql -At) the page's table
+//                (#rows, one cell per column) must then show, in order
 //   CHROMIUM     browser binary (default /usr/bin/chromium)
 // Prints one "ok - ..." or "not ok - ...: why" line; exits 0 or 1.
 import { chromium } from "playwright-core";
@@ -20,8 +23,9 @@ const logs = [];
 
 function psql(sqlText) {
   try {
-    execFileSync("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sqlText],
-                 { stdio: ["ignore", "ignore", "pipe"], timeout: 20000 });
+    return execFileSync("psql", ["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sqlText,
+                                 ...(process.env.DEMO_DB ? ["-d", process.env.DEMO_DB] : [])],
+                        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 20000 });
   } catch (e) {
     throw new Error("psql failed: " + String(e.stderr || e.message).trim().replace(/\n/g, " | "));
   }
@@ -63,6 +67,22 @@ async function main() {
   if (!(Number(count) >= 1)) throw new Error("#count shows " + JSON.stringify(count));
   const state = await page.getAttribute("#state", "data-state");
   if (state !== "live") throw new Error("state is " + state + " after the change arrived");
+  if (process.env.DEMO_CHECK) {
+    step = "comparing the page's table with " + process.env.DEMO_CHECK;
+    let want = "", got = "";
+    const end = Date.now() + 15000;
+    do {
+      want = psql(process.env.DEMO_CHECK).trim();
+      got = await page.evaluate(() => [...document.querySelectorAll("#rows tr")]
+        .map((tr) => [...tr.cells].slice(0, 4).map((td) => td.textContent).join("|")).join("\n"));
+      if (got === want) break;
+      await page.waitForTimeout(200);
+    } while (Date.now() < end);
+    if (got !== want) throw new Error("the page shows " + JSON.stringify(got) + ", the table holds " + JSON.stringify(want));
+    const transport = await page.evaluate(() => document.querySelector("input[name=transport]:checked").value);
+    if (process.env.DEMO_TRANSPORT && transport !== process.env.DEMO_TRANSPORT)
+      throw new Error("the page uses " + transport);
+  }
   if (shot) {
     step = "saving the screenshot";
     await page.screenshot({ path: shot, fullPage: false });

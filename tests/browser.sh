@@ -1,13 +1,17 @@
 #!/bin/sh
-# browser.sh -- end-to-end check of the demo page in a real browser.
-# Starts pgcdc against the cluster named by PGHOST/PGPORT/PGUSER (as test.sh
-# leaves them), opens /?table=...&types=insert in headless Chromium, inserts
-# a row with psql and waits for it to appear on the page; then checks that
-# demo_page = false turns GET / into a 404.  Installs Chromium (apt) and
-# playwright-core (npm, into tests/node_modules) when they are missing.
+# browser.sh -- end-to-end checks in a real browser (headless Chromium).
+# Against the cluster named by PGHOST/PGPORT/PGUSER (as test.sh leaves
+# them): the demo page at / with nothing typed shows the orders table (a
+# scratch database made like web/demo.sh's) equal to the database, over
+# WebSocket and over SSE, after changes made with psql (screenshots saved);
+# demo_page = false turns GET / into a 404; browser_live.mjs checks a page's
+# own EventSource across a pgcdc restart and pgcdc.js live() against
+# SELECT.  Installs Chromium (apt) and playwright-core (npm, into
+# tests/node_modules) when they are missing.
 # Env: PGCDC (default ./pgcdc), ARTIFACTS_DIR (default /tmp/pgcdc-artifacts;
-# the screenshot goes to demo.png there).  Prints TAP-like ok / not ok lines
-# and a "N passed, N failed" summary; exits non-zero on any failure.
+# the screenshots go to demo-ws.png and demo-sse.png there).  Prints TAP-like
+# ok / not ok lines and a "N passed, N failed" summary; exits non-zero on
+# any failure.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -54,7 +58,7 @@ fi
 
 # ---- pgcdc ------------------------------------------------------------------
 tmp=$(mktemp -d /tmp/pgcdc-browser-XXXXXX)
-table=demo_browser_$$
+demodb=browser_demo_$$
 pids=""
 cleanup() {
 	for p in $pids; do kill "$p" 2>/dev/null; done
@@ -63,7 +67,7 @@ cleanup() {
 		while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 		kill -9 "$p" 2>/dev/null
 	done
-	psql -X -q -c "DROP TABLE IF EXISTS $table" >/dev/null 2>&1
+	psql -X -q -c "DROP DATABASE IF EXISTS $demodb" >/dev/null 2>&1
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -73,12 +77,12 @@ free_port() {
 	/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_pgcdc NAME EXTRA_SERVER_LINES -> sets $port, appends to $pids
+# start_pgcdc NAME EXTRA_SERVER_LINES [DATABASE] -> sets $port, appends to $pids
 start_pgcdc() {
 	port=$(free_port)
 	cat >"$tmp/$1.config" <<CFG
 [postgres]
-conninfo = host=$PGHOST port=$PGPORT user=$PGUSER dbname=$PGDATABASE
+conninfo = host=$PGHOST port=$PGPORT user=$PGUSER dbname=${3:-$PGDATABASE}
 slot = browser_$$_$1
 status_interval = 1
 reconnect_max = 2
@@ -102,13 +106,24 @@ CFG
 logtail() { tail -n 5 "$tmp/$1.log" 2>/dev/null | tr '\n' '|'; }
 
 mkdir -p "$ARTIFACTS_DIR"
-if ! psql -X -q -v ON_ERROR_STOP=1 -c "CREATE TABLE $table (id int PRIMARY KEY, name text)" >"$tmp/psql.out" 2>&1; then
-	notok "demo page shows a live insert in Chromium" "could not create the table: $(head -c 300 "$tmp/psql.out")"
+# README's first line: web/demo.sh, then open http://127.0.0.1:8080/.  The
+# same here: a database with demo.sh's orders table and a few rows, and the
+# page at / with nothing typed must show exactly the table's rows, live.
+demodb=browser_demo_$$
+if ! { psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $demodb" &&
+       psql -X -q -v ON_ERROR_STOP=1 -d "$demodb" -c "
+	CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,
+	                     status text NOT NULL DEFAULT 'new', total numeric(10,2) NOT NULL,
+	                     created_at timestamptz NOT NULL DEFAULT now());
+	ALTER TABLE orders REPLICA IDENTITY FULL;
+	INSERT INTO orders (customer, total) VALUES ('ada', 12.5), ('grace', 7), ('linus', 300.25);
+	UPDATE orders SET status = 'paid' WHERE customer = 'grace'"; } >"$tmp/psql.out" 2>&1; then
+	notok "demo page at / shows the orders table live in Chromium" "could not create it: $(head -c 300 "$tmp/psql.out")"
 	finish
 fi
 
-if ! start_pgcdc on ""; then
-	notok "demo page shows a live insert in Chromium" "pgcdc did not start streaming: $(logtail on)"
+if ! start_pgcdc on "" "$demodb"; then
+	notok "demo page at / shows the orders table live in Chromium" "pgcdc did not start streaming: $(logtail on)"
 else
 	# GET / serves the page itself, as HTML.
 	code=$(curl -s -m 5 -o "$tmp/page.html" -w '%{http_code} %{content_type}' "http://127.0.0.1:$port/")
@@ -120,23 +135,45 @@ else
 	esac
 
 	value="hello from psql $$"
-	out=$(cd "$here" && DEMO_URL="http://127.0.0.1:$port/?table=$table&types=insert" \
-		DEMO_SQL="INSERT INTO $table VALUES (1, '$value')" \
-		DEMO_EXPECT="$value" DEMO_SHOT="$ARTIFACTS_DIR/demo.png" \
-		timeout -k 5 100 node browser.mjs 2>&1)
+	for transport in ws sse; do
+		url="http://127.0.0.1:$port/"
+		[ $transport = sse ] && url="$url?transport=sse"
+		out=$(cd "$here" && DEMO_URL="$url" DEMO_DB="$demodb" DEMO_TRANSPORT=$transport \
+			DEMO_NAME="demo page at / shows the orders table live in Chromium ($transport)" \
+			DEMO_SQL="INSERT INTO orders (customer, total) VALUES ('$value $transport', 1.5);
+			          UPDATE orders SET status = 'paid' WHERE customer = 'ada'; DELETE FROM orders WHERE customer = 'linus'" \
+			DEMO_EXPECT="$value $transport" DEMO_SHOT="$ARTIFACTS_DIR/demo-$transport.png" \
+			DEMO_CHECK="SELECT id, customer, status, total::float8 FROM orders ORDER BY id" \
+			timeout -k 5 100 node browser.mjs 2>&1)
+		rc=$?
+		line=$(printf '%s\n' "$out" | grep -E '^(not )?ok - ' | head -n 1)
+		if [ $rc -eq 0 ] && [ "${line#ok - }" != "$line" ]; then
+			ok "${line#ok - }"
+		elif [ -n "$line" ]; then
+			line=${line#not ok - }
+			notok "${line%%: *}" "${line#*: } (pgcdc log: $(logtail on))"
+			printf '%s\n' "$out" | grep '^#'
+		else
+			notok "demo page at / shows the orders table live in Chromium ($transport)" \
+				"browser.mjs exited $rc: $(printf '%s' "$out" | tail -n 3 | tr '\n' '|')"
+		fi
+	done
+fi
+
+# SSE and pgcdc.js in Chromium: browser_live.mjs starts its own pgcdc.
+for scenario in eventsource live-ws live-sse; do
+	out=$(cd "$here" && TMPDIR=$tmp timeout -k 5 170 node browser_live.mjs $scenario 2>&1)
 	rc=$?
 	line=$(printf '%s\n' "$out" | grep -E '^(not )?ok - ' | head -n 1)
 	if [ $rc -eq 0 ] && [ "${line#ok - }" != "$line" ]; then
 		ok "${line#ok - }"
 	elif [ -n "$line" ]; then
 		line=${line#not ok - }
-		notok "${line%%: *}" "${line#*: } (pgcdc log: $(logtail on))"
-		printf '%s\n' "$out" | grep '^#'
+		notok "${line%%: *}" "${line#*: }"
 	else
-		notok "demo page shows a live insert in Chromium" \
-			"browser.mjs exited $rc: $(printf '%s' "$out" | tail -n 3 | tr '\n' '|')"
+		notok "browser_live.mjs $scenario" "exited $rc: $(printf '%s' "$out" | tail -n 3 | tr '\n' '|')"
 	fi
-fi
+done
 
 if ! start_pgcdc off "demo_page = false"; then
 	notok "GET / is 404 when demo_page = false" "pgcdc did not start: $(logtail off)"

@@ -218,14 +218,14 @@ run_nginx() {
     mkdir -p "$dir"
     # The shipped file, with only addresses and paths changed.
     sed -e "s|server 127.0.0.1:8080;|server 127.0.0.1:$PPORT;|" \
-        -e "s|listen 443 ssl;|listen 127.0.0.1:$port ssl;|" \
+        -e "s|listen 443 ssl http2;|listen 127.0.0.1:$port ssl http2;|" \
         -e "s|listen 80;|listen 127.0.0.1:$hport;|" \
         -e '/listen \[::\]/d' \
         -e "s|/etc/ssl/certs/pgcdc.pem|$WORK/cert.pem|" \
         -e "s|/etc/ssl/private/pgcdc.key|$WORK/key.pem|" \
         -e "s|/var/log/nginx/|$dir/|" \
         "$ROOT/dist/nginx.conf" >"$dir/pgcdc.conf"
-    if [ "$(grep -c -e "127.0.0.1:$PPORT;" -e "127.0.0.1:$port ssl;" -e "$WORK/cert.pem" \
+    if [ "$(grep -c -e "127.0.0.1:$PPORT;" -e "127.0.0.1:$port ssl http2;" -e "$WORK/cert.pem" \
             "$dir/pgcdc.conf")" != 3 ]; then
         not_ok "nginx: dist/nginx.conf adapted" "its listen/upstream/certificate lines changed shape"
         return
@@ -256,6 +256,7 @@ EOF
         return
     fi
     check_path nginx "wss://127.0.0.1:$port/ws" 127.0.0.7 1
+    check_sse_http2 "$port"
     # Plain requests take the keepalive upstream path; /metrics is
     # refused to anyone but the loopback (here it is the loopback).
     if "$PY" - "$port" "$WORK/cert.pem" <<'EOF'
@@ -295,6 +296,51 @@ EOF
         ok "plain ws:// to nginx's port-80 server gets 301 to https://"
     else
         not_ok "plain ws:// to nginx's port-80 server gets 301 to https://" "$why"
+    fi
+}
+
+# check_sse_http2 PORT: three SSE streams through nginx over one HTTP/2
+# connection (curl --http2 --parallel), each receiving the rows inserted
+# while they are open, framed as events.
+check_sse_http2() {
+    local port=$1 base d=$WORK/sse i n conns ok=1
+    mkdir -p "$d"
+    base="https://127.0.0.1:$port/sse?query=insert:$TABLE"
+    curl -sS -N --http2 --parallel --cacert "$WORK/cert.pem" --max-time 12 \
+        -w '%{http_version} %{response_code} %{num_connects} %{content_type}\n' \
+        -o "$d/1" "$base&filter=id.gte.100" -o "$d/2" "$base&filter=id.gte.100" \
+        -o "$d/3" "$base&filter=id.gte.200" >"$d/w" 2>"$d/err" &
+    local cpid=$!
+    # the streams are open once each has its retry line
+    for _ in $(seq 100); do
+        [ "$(cat "$d"/[123] 2>/dev/null | grep -c '^retry: 1000$')" = 3 ] && break
+        sleep 0.1
+    done
+    psql -X -q -c "INSERT INTO $TABLE VALUES (150, 'sse'), (250, 'sse')" >/dev/null 2>&1
+    for _ in $(seq 100); do
+        [ "$(cat "$d"/[123] 2>/dev/null | grep -c '^data: .*"value":250')" = 3 ] && break
+        sleep 0.1
+    done
+    kill "$cpid" 2>/dev/null
+    wait "$cpid" 2>/dev/null
+    n=$(grep -c '^2 200 ' "$d/w")
+    conns=$(awk '{s += $3} END {print s + 0}' "$d/w")
+    if [ "$n" != 3 ] || [ "$conns" != 1 ] || [ "$(grep -c 'text/event-stream' "$d/w")" != 3 ]; then
+        ok=0
+        not_ok "sse through nginx: three HTTP/2 streams on one connection" \
+            "curl reported: $(tr '\n' '|' <"$d/w") $(head -c 300 "$d/err")"
+    fi
+    for i in 1 2; do
+        grep -q '^data: .*"value":150' "$d/$i" && grep -q '^data: .*"value":250' "$d/$i" || ok=0
+    done
+    grep -q '"value":150' "$d/3" && ok=0
+    grep -q '^data: .*"value":250' "$d/3" || ok=0
+    grep -q '^id: [0-9A-F]*/[0-9A-F]*:0$' "$d/1" || ok=0
+    if [ "$ok" = 1 ]; then
+        ok "sse through nginx: three HTTP/2 streams on one connection, each with its rows"
+    elif [ "$n" = 3 ]; then
+        not_ok "sse through nginx: each stream gets its rows" \
+            "stream 1: $(tr '\n' '|' <"$d/1" | head -c 300) stream 3: $(tr '\n' '|' <"$d/3" | head -c 300)"
     fi
 }
 

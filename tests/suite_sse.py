@@ -11,9 +11,7 @@ The pgcdc.js tests run tests/pgcdc_node.mjs with Node (>= 20, with
 """
 import json
 import os
-import queue
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -231,7 +229,415 @@ def t_js_restart_sse():
     js_resume_across_restart("sse")
 
 
+# ---- raw SSE ---------------------------------------------------------------------
+
+class SSE:
+    """A raw HTTP client of GET /sse: self.status, self.headers (lower-case
+    names, in order), self.head (bytes), then the body bytes as they come."""
+
+    def __init__(self, port, path, headers=(), rcvbuf=None, method="GET", timeout=10):
+        self.s = socket.socket()
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout)
+        self.s.connect(("127.0.0.1", port))
+        req = "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (method, path, port)
+        req += "".join("%s: %s\r\n" % h for h in headers) + "\r\n"
+        self.s.sendall(req.encode())
+        self.buf = b""
+        self.eof = False
+        self.read_until(lambda: b"\r\n\r\n" in self.buf, timeout, "the response head")
+        self.head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = self.head.decode("latin-1").split("\r\n")
+        self.status_line = lines[0]
+        self.status = int(lines[0].split(" ")[1])
+        self.headers = [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
+        self.pos = 0   # body bytes consumed by next_event
+
+    def header(self, name):
+        v = [b for a, b in self.headers if a == name]
+        assert len(v) <= 1, "header %s %d times" % (name, len(v))
+        return v[0] if v else None
+
+    def read_some(self, timeout):
+        self.s.settimeout(timeout)
+        try:
+            b = self.s.recv(65536)
+        except socket.timeout:
+            return False
+        except OSError:
+            b = b""
+        if not b:
+            self.eof = True
+            return False
+        self.buf += b
+        return True
+
+    def read_until(self, pred, timeout, what):
+        deadline = time.time() + timeout
+        while not pred():
+            left = deadline - time.time()
+            if left <= 0 or self.eof:
+                raise AssertionError("%s: waiting for %s; got %r" % (
+                    "connection closed" if self.eof else "timed out", what, self.buf[-300:]))
+            self.read_some(min(left, 1))
+
+    def read_to_eof(self, timeout=15):
+        self.read_until(lambda: self.eof, timeout, "the end of the stream")
+
+    def next_event(self, timeout=15):
+        """The next block up to a blank line, as raw bytes (without it)."""
+        self.read_until(lambda: b"\n\n" in self.buf[self.pos:], timeout, "an event")
+        end = self.buf.index(b"\n\n", self.pos)
+        ev = self.buf[self.pos:end]
+        self.pos = end + 2
+        return ev
+
+    def next_data(self, timeout=15):
+        """The next event that is not a comment: (id or None, parsed data)."""
+        while True:
+            ev = self.next_event(timeout)
+            if ev.startswith(b":"):
+                continue
+            fields = [ln.split(b": ", 1) for ln in ev.split(b"\n")]
+            d = dict((f[0], f[1]) for f in fields if len(f) == 2)
+            assert b"data" in d, "event without data: %r" % ev
+            return (d[b"id"].decode() if b"id" in d else None), json.loads(d[b"data"]), ev
+
+    def close(self):
+        self.s.close()
+
+
+def sse_path(query, filters=(), since=None, extra=""):
+    p = "/sse?query=" + enc(query) + "".join("&filter=" + enc(f) for f in filters)
+    if since is not None:
+        p += "&since=" + enc(since)
+    return p + extra
+
+
+def check_stream_head(c):
+    assert c.status_line == "HTTP/1.1 200 OK", c.status_line
+    assert c.header("content-type") == "text/event-stream", c.headers
+    assert c.header("cache-control") == "no-cache", c.headers
+    assert c.header("x-accel-buffering") == "no", c.headers
+    assert c.header("content-length") is None and c.header("transfer-encoding") is None, c.headers
+
+
+def rows_inserted(t, lo, hi):
+    sql("INSERT INTO %s SELECT g, 'r' || g FROM generate_series(%d, %d) g" % (t, lo, hi))
+
+
+def t_sse_stream_bytes():
+    """Exact bytes: headers, retry first, then id/data/blank per change, the
+    data byte for byte the WebSocket frame's payload."""
+    import asyncio
+    import websockets
+    t = "sse_bytes"
+    make_table(t)
+    with Pgcdc() as pc:
+        c = SSE(pc.port, sse_path("insert,update:" + t))
+        check_stream_head(c)
+        c.read_until(lambda: len(c.buf) >= 13, 10, "retry")
+        assert c.buf.startswith(b"retry: 1000\n\n"), c.buf[:40]
+        c.pos = 13
+
+        async def ws_frames():
+            ws = await websockets.connect(pc.url("/ws?query=" + enc("insert,update:" + t)), ping_interval=None)
+            sql("INSERT INTO %s VALUES (1, 'one'); UPDATE %s SET v = 'line\nbreak' WHERE id = 1" % (t, t))
+            out = [await asyncio.wait_for(ws.recv(), 10) for _ in range(2)]
+            await ws.close()
+            return out
+        frames = asyncio.run(ws_frames())
+        for f in frames:
+            pos = json.loads(f)["pos"]
+            ev = c.next_event()
+            assert ev == ("id: %s\ndata: %s" % (pos, f)).encode(), "event %r, frame %r" % (ev, f)
+        c.close()
+        # HEAD: the same head, no body
+        data = raw_http(pc.port, ("HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % sse_path("insert:" + t)).encode())
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"text/event-stream" in data, data
+        assert data.endswith(b"\r\n\r\n"), data
+
+
+def t_sse_ping():
+    t = "sse_ping"
+    make_table(t)
+    with Pgcdc({"server": {"ping_interval": "1"}}) as pc:
+        c = SSE(pc.port, sse_path("*:" + t))
+        assert c.next_event() == b"retry: 1000"
+        assert c.next_event(10) == b": ping"
+        assert c.next_event(10) == b": ping"
+        # the stream stays open: a change still arrives after the pings
+        rows_inserted(t, 1, 1)
+        pid, d, _ = c.next_data()
+        assert d["action"] == "I" and pid == d["pos"], d
+        c.close()
+
+
+def body_of(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body.decode("utf-8", "replace")
+
+
+def expect_refusal(port, path, status, word, headers=(), method="GET"):
+    req = "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (
+        method, path, port, "".join("%s: %s\r\n" % h for h in headers))
+    data = raw_http(port, req.encode())
+    head, body = body_of(data)
+    line = head.split("\r\n")[0]
+    assert line.startswith("HTTP/1.1 %d " % status), "%s %s: %r (want %d)" % (method, path, line, status)
+    assert "text/plain" in head and "text/event-stream" not in head, head
+    assert body.endswith("\n") and body.count("\n") == 1 and word.lower() in body.lower(), \
+        "%s: body %r should say %r" % (path, body, word)
+    return head
+
+
+def t_sse_errors():
+    """Every refusal before the stream, in the check order of /ws."""
+    import grant_mint
+    t = "sse_err"
+    make_table(t)
+    tok = "sixteen-bytes-token!"
+    with Pgcdc({"server": {"token": tok, "allowed_origins": "https://ok.example"},
+                "postgres": {"tables": "public.sse_err, public.sse_nosuch"}}) as pc:
+        q = "&token=" + tok
+        p = pc.port
+        expect_refusal(p, "/ssex?query=*:" + t + q, 404, "not found")
+        expect_refusal(p, sse_path("*:" + t) + q, 405, "method", method="POST")
+        expect_refusal(p, sse_path("*:" + t), 401, "token")
+        expect_refusal(p, sse_path("*:" + t) + "&token=wrong-token-wrong", 401, "token")
+        expect_refusal(p, sse_path("*:" + t) + q, 403, "origin", headers=[("Origin", "https://evil.example")])
+        expect_refusal(p, "/sse" + "?" + q[1:], 400, "query")
+        expect_refusal(p, sse_path("bogus:" + t) + q, 400, "bogus")
+        expect_refusal(p, sse_path("*:" + t, ["v.zz.1"]) + q, 400, "zz")
+        expect_refusal(p, sse_path("*:" + t, since="nonsense") + q, 400, "since")
+        expect_refusal(p, sse_path("*:" + t) + q, 400, "last-event-id", headers=[("Last-Event-ID", "0/0:x")])
+        expect_refusal(p, sse_path("*:sse_other") + q, 403, "sse_other")
+        expect_refusal(p, sse_path("*:sse_nosuch") + q, 400, "sse_nosuch")
+        # check order: credentials before Origin before syntax before the allow-list
+        expect_refusal(p, sse_path("bogus:sse_other"), 401, "token", headers=[("Origin", "https://evil.example")])
+        expect_refusal(p, sse_path("bogus:sse_other") + q, 403, "origin", headers=[("Origin", "https://evil.example")])
+        expect_refusal(p, sse_path("bogus:sse_other") + q, 400, "bogus")
+        # an allowed foreign Origin can read the refusal (CORS on errors too)
+        head = expect_refusal(p, sse_path("bogus:" + t) + q, 400, "bogus", headers=[("Origin", "https://ok.example")])
+        assert "Access-Control-Allow-Origin: https://ok.example\r\n" in head, head
+    with Pgcdc() as pc:
+        # a temporary slot: nothing before this start can be served
+        expect_refusal(pc.port, sse_path("insert:" + t, since="0/1:0"), 410, "older")
+        expect_refusal(pc.port, sse_path("insert:" + t), 410, "older", headers=[("Last-Event-ID", "0/1:0")])
+    with Pgcdc({"server": {"max_clients": "1"}}) as pc:
+        c = SSE(pc.port, sse_path("insert:" + t))
+        check_stream_head(c)
+        expect_refusal(pc.port, sse_path("insert:" + t), 503, "too many")
+        c.close()
+    with Pgcdc({"server": {"grant_secret": "sixteen-bytes-secret"}}) as pc:
+        expect_refusal(pc.port, sse_path("insert:" + t), 401, "grant")
+        g = grant_mint.mint("sixteen-bytes-secret", "insert:" + t)
+        expect_refusal(pc.port, sse_path("insert,delete:" + t) + "&grant=" + g, 403, "grant")
+        c = SSE(pc.port, sse_path("insert:" + t) + "&grant=" + g)
+        check_stream_head(c)
+        c.close()
+
+
+def t_sse_cors():
+    t = "sse_cors"
+    make_table(t)
+    with Pgcdc({"server": {"allowed_origins": "https://app.example, https://b.example"}}) as pc:
+        own = "http://127.0.0.1:%d" % pc.port
+        for origin, want in (("https://app.example", "https://app.example"), ("https://b.example", "https://b.example"),
+                             (own, None), (None, None)):
+            c = SSE(pc.port, sse_path("*:" + t), headers=[("Origin", origin)] if origin else [])
+            check_stream_head(c)
+            assert c.header("access-control-allow-origin") == want, (origin, c.headers)
+            assert c.header("vary") == ("Origin" if want else None), (origin, c.headers)
+            c.close()
+
+
+def t_sse_last_event_id():
+    """Last-Event-ID resumes exactly after that position, and wins over a
+    since parameter."""
+    t = "sse_leid"
+    make_table(t)
+    with Pgcdc() as pc:
+        c = SSE(pc.port, sse_path("insert:" + t))
+        rows_inserted(t, 1, 3)
+        ids = [c.next_data()[0] for _ in range(3)]
+        c.close()
+        rows_inserted(t, 4, 5)
+        # header: after row 2; parameter: after row 3 (ignored)
+        c = SSE(pc.port, sse_path("insert:" + t, since=ids[2]), headers=[("Last-Event-ID", ids[1])])
+        check_stream_head(c)
+        got = [c.next_data()[1]["columns"][0]["value"] for _ in range(3)]
+        assert got == [3, 4, 5], got
+        c.close()
+
+
+def metric(port, name):
+    st, body = http_get(port, "/metrics")
+    for line in body.split("\n"):
+        if line.startswith(name + " "):
+            return float(line.split(" ")[1])
+    raise AssertionError("no %s in /metrics" % name)
+
+
+def t_sse_slow_consumer():
+    """A client that never reads is dropped at max_queue; its stream ends
+    with event: close after what was already on its way; others go on."""
+    t = "sse_slow"
+    make_table(t)
+    with Pgcdc({"server": {"max_queue": "65536"}}) as pc:
+        slow = SSE(pc.port, sse_path("insert:" + t), rcvbuf=4096)
+        fast = SSE(pc.port, sse_path("insert:" + t))
+        wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 2, 10, "2 sse clients")
+        for k in range(8):
+            sql("INSERT INTO %s SELECT g, repeat('y', 2000) FROM generate_series(%d, %d) g" % (t, k * 100 + 1,
+                                                                                              k * 100 + 100))
+            for _ in range(100):
+                fast.next_data()
+        wait_until(lambda: metric(pc.port, 'pgcdc_clients_dropped_total{reason="slow"}') >= 1, 20,
+                   "the slow client dropped")
+        slow.read_to_eof(30)
+        assert slow.buf.endswith(b"\n\nevent: close\ndata: slow consumer\n\n"), slow.buf[-200:]
+        assert metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 1
+        rows_inserted(t, 5000, 5000)
+        assert fast.next_data()[1]["columns"][0]["value"] == 5000
+        fast.close()
+
+
+def t_sse_shutdown():
+    t = "sse_bye"
+    make_table(t)
+    pc = Pgcdc().start()
+    try:
+        c = SSE(pc.port, sse_path("insert:" + t))
+        rows_inserted(t, 1, 1)
+        c.next_data()
+        assert pc.stop() == 0
+        c.read_to_eof(15)
+        assert c.buf[c.pos:] == b"event: close\ndata: server shutting down\n\n", c.buf[c.pos:]
+    finally:
+        pc.stop()
+
+
+def t_sse_metrics():
+    t = "sse_metrics"
+    make_table(t)
+    import asyncio
+    import websockets
+    with Pgcdc() as pc:
+        c1 = SSE(pc.port, sse_path("*:" + t))
+        c2 = SSE(pc.port, sse_path("*:" + t))
+
+        async def go():
+            ws = await websockets.connect(pc.url("/ws?query=*:" + t), ping_interval=None)
+            wait_until(lambda: metric(pc.port, "pgcdc_clients") == 3, 10, "3 clients")
+            st, body = http_get(pc.port, "/metrics")
+            assert 'pgcdc_clients_by_transport{transport="ws"} 1\n' in body, body
+            assert 'pgcdc_clients_by_transport{transport="sse"} 2\n' in body, body
+            await ws.close()
+        asyncio.run(go())
+        c1.close()
+        c2.close()
+        wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 0, 10, "0 sse")
+
+
+# ---- live() in Node ------------------------------------------------------------
+
+def burst(t, phase):
+    p = subprocess.run(["sh", os.path.join(HERE, "live_burst.sh"), t, phase], capture_output=True, text=True)
+    assert p.returncode == 0, "live_burst.sh %s: %s" % (phase, p.stderr.strip()[-500:])
+
+
+def table_rows(t):
+    out = sql("SELECT coalesce(json_agg(json_build_object('id', id, 'v', v, 'n', n, 'big', big) ORDER BY id), "
+              "'[]') FROM %s" % t)
+    return json.loads(out)
+
+
+def wait_equal(nc, t, what, timeout=40):
+    """Polls the client's map until it equals the table."""
+    last = {}
+
+    def same():
+        want = table_rows(t)
+        d = nc.dump()
+        got = sorted((r for _, r in d["rows"]), key=lambda r: r.get("id"))
+        keys = sorted(k for k, _ in d["rows"])
+        last["why"] = "map %d rows, table %d; first difference: %s" % (len(got), len(want), next(
+            ((a, b) for a, b in zip(got, want) if a != b), "lengths"))
+        return got == want and keys == [r["id"] for r in want] and d["key"] == ["id"]
+    wait_until(same, timeout, lambda: "%s: %s" % (what, str(last.get("why"))[:600]), step=0.3)
+
+
+def pgcdc_on_port(port, extra, slot=None):
+    """A Pgcdc listening on port (that of one that was stopped)."""
+    pc = Pgcdc(extra, slot=slot)
+    with open(pc.config) as f:
+        cfg = f.read()
+    with open(pc.config, "w") as f:
+        f.write(cfg.replace("127.0.0.1:%d" % pc.port, "127.0.0.1:%d" % port))
+    pc.port = port
+    return pc
+
+
+def js_live(transport):
+    """live() equals the table after a burst of concurrent changes (updates
+    leaving a TOASTed column out, key changes, deletes), across a restart of
+    pgcdc (resumed with since, no new snapshot), across a 410 (a fresh
+    snapshot) and after a truncate."""
+    t = "sse_live_" + transport
+    burst(t, "setup")
+    slot = "sse_live_%s_%d" % (transport, os.getpid())
+    pc = Pgcdc({"postgres": {"temporary_slot": "false"}}, slot=slot).start()
+    port = pc.port
+    try:
+        with NodeClient("live", base(pc), {"table": t, "transport": transport,
+                                            "minDelay": 100, "maxDelay": 400}) as nc:
+            nc.wait_status("live")
+            wait_equal(nc, t, "after the snapshot")
+            burst(t, "burst")
+            wait_equal(nc, t, "after the burst")
+            # restart (persistent slot): resumed with since, no new snapshot
+            n_status = len(nc.statuses())
+            pc.stop()
+            nc.wait_status("reconnecting", after=n_status)
+            sql("UPDATE %s SET n = n + 100 WHERE id > 40; UPDATE %s SET id = 2 WHERE id = 1" % (t, t))
+            pc.start()
+            nc.wait_status("live", after=n_status)
+            wait_equal(nc, t, "after the restart")
+            later = [e["status"] for e in nc.statuses()[n_status:]]
+            assert "snapshot" not in later, "a new snapshot after a resumable restart: %s" % later
+            # a pgcdc with a temporary slot cannot serve the old position: 410
+            n_status = len(nc.statuses())
+            pc.stop()
+            sql("DELETE FROM %s WHERE id > 50" % t)
+            pc = pgcdc_on_port(port, {}).start()
+            nc.wait_status("snapshot", after=n_status)
+            wait_equal(nc, t, "after the 410 and a fresh snapshot")
+            burst(t, "truncate")
+            wait_equal(nc, t, "after the truncate")
+    finally:
+        pc.stop()
+        sql("SELECT pg_drop_replication_slot('%s')" % slot, check=False)
+
+
+def t_js_live_ws():
+    js_live("ws")
+
+
+def t_js_live_sse():
+    js_live("sse")
+
+
 TESTS = [
+    ("sse: exact bytes (headers, retry, id/data per change, same JSON as /ws), HEAD", t_sse_stream_bytes),
+    ("sse: : ping comments every ping_interval", t_sse_ping),
+    ("sse: every refusal before the stream, in the /ws check order", t_sse_errors),
+    ("sse: CORS headers for allowed foreign origins only", t_sse_cors),
+    ("sse: Last-Event-ID resumes exactly and wins over since", t_sse_last_event_id),
+    ("sse: a client that never reads is dropped at max_queue after event: close", t_sse_slow_consumer),
+    ("sse: shutdown ends the stream with event: close", t_sse_shutdown),
+    ("sse: metrics count clients by transport", t_sse_metrics),
     ("GET /pgcdc.js: the module, cacheable, 304 on its ETag, 404 without demo_page", t_js_served),
     ("pgcdc.js subscribe() over WebSocket resumes across a pgcdc restart, every row once",
      t_js_restart_ws),
