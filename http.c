@@ -109,6 +109,9 @@ int http_parse(const char *b, size_t n, http_req *r)
             r->nhost++;
         } else if (ieq(p, nn, "if-none-match")) {
             r->inm = (slice){ v, vn };
+        } else if (ieq(p, nn, "last-event-id")) {
+            r->leid = (slice){ v, vn };
+            r->nleid++;
         }
         p = eol + 1;
     }

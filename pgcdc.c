@@ -733,6 +733,8 @@ struct frame {
     uint32_t xid;        /* the transaction's id (from its B record) */
     uint64_t seq;        /* history sequence number */
     table *tab;
+    frame *sse;          /* the same message as a Server-Sent Event, built
+                            when an SSE client first needs it; owned here */
     uint8_t data[];
 };
 
@@ -765,6 +767,7 @@ typedef struct pending {
     lookup *lk;
     uint64_t since_lsn;  /* since=, parsed */
     uint32_t since_idx;
+    char *leid;          /* SSE: the Last-Event-ID header, used as since */
 } pending;
 
 struct client {
@@ -801,6 +804,9 @@ struct client {
     uint64_t since_lsn;  /* resumed: changes at or before this position */
     uint32_t since_idx;  /* ... were seen already; skip them */
     uint8_t has_since;
+    uint8_t sse;         /* transport: Server-Sent Events, not WebSocket */
+    uint8_t sse_hold;    /* SSE: since not decidable yet, held open */
+    char *cors;          /* SSE: Access-Control-Allow-Origin value, or NULL */
     uint64_t id;
     char addr[48];
     client *wnext, *wprev;  /* request unfinished: the waiting list, oldest first */
@@ -1048,6 +1054,8 @@ static void frame_unref(frame *f)
 {
     if (--f->refs)
         return;
+    if (f->sse)
+        frame_unref(f->sse);
     if (f->cls < NCLASS && (S.pool_n[f->cls] + 1) * class_size[f->cls] <= POOL_KEEP) {
         *(frame **)f->data = S.pool[f->cls];
         S.pool[f->cls] = f;
@@ -1129,13 +1137,36 @@ static frame *hist_at(uint64_t seq)
     return S.hist.ring[(S.hist.head + (seq - S.hist.first_seq)) & (S.hist.cap - 1)];
 }
 
+/* The SSE sibling of a message frame (docs/protocol.md, Server-Sent
+ * Events): built once, then shared by every SSE client like the frame. */
+static frame *frame_sse(frame *f)
+{
+    if (f->sse)
+        return f->sse;
+    const char *p = (const char *)f->data + f->hdr;
+    size_t n = f->len - f->hdr;
+    frame *e = frame_new(sse_event_len(p, n));
+    sse_event((char *)e->data, p, n);
+    e->types = f->types;
+    e->change = f->change;
+    e->lsn = f->lsn;
+    e->idx = f->idx;
+    e->seq = f->seq;
+    e->tab = f->tab;
+    f->sse = e;
+    /* a change in the history: its event counts against the history too */
+    if (f->change && hist_at(f->seq) == f)
+        S.hist.bytes += frame_cost(e);
+    return e;
+}
+
 static void hist_evict(void)
 {
     frame *f = S.hist.ring[S.hist.head];
     S.hist.head = (S.hist.head + 1) & (S.hist.cap - 1);
     S.hist.n--;
     S.hist.first_seq++;
-    S.hist.bytes -= frame_cost(f);
+    S.hist.bytes -= frame_cost(f) + (f->sse ? frame_cost(f->sse) : 0);
     /* whoever saw the evicted change can still resume; before it, not */
     if (pos_cmp(f->lsn, f->idx, S.hist.floor_lsn, S.hist.floor_idx) > 0) {
         S.hist.floor_lsn = f->lsn;
@@ -1386,8 +1417,13 @@ static void q_clear(client *c, int changes_only)
 static void client_queue(client *c, frame *f);
 static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply);
 
+static frame *frame_sse(frame *f);
+
 static void q_push(client *c, frame *f)
 {
+    /* a message (text frame) goes to an SSE client as an event */
+    if (c->sse && f->hdr && (f->data[0] & 0x0f) == WS_OP_TEXT)
+        f = frame_sse(f);
     if (c->qn == c->qcap) {
         uint32_t ncap = c->qcap ? c->qcap * 2 : 8;
         frame **nq = xmalloc(ncap * sizeof *nq);
@@ -1436,12 +1472,14 @@ static void client_free_mem(client *c)
     q_clear(c, 0);
     free(c->q);
     free(c->req);
+    free(c->cors);
     if (c->pend) {
         if (c->pend->lk)
             c->pend->lk->c = NULL;   /* the look-up outlives the client */
         free(c->pend->sp);
         params_free(&c->pend->prm);
         free(c->pend->sub);
+        free(c->pend->leid);
         free(c->pend);
     }
     free(c);
@@ -1486,9 +1524,39 @@ static void graveyard_free(void)
 /* Starts the closing handshake with code (0: empty payload).  Frames not
  * yet started are dropped; wait_reply waits for the peer's close (up to
  * CLOSE_TIMEOUT_MS), otherwise TCP closes once the close frame is out. */
+/* Ends an SSE stream: the changes not yet started are dropped, then
+ * "event: close" with the reason, then TCP closes once it is out. */
+static void client_sse_end(client *c, const char *reason)
+{
+    char buf[SSE_CLOSE_MAX];
+    if (c->sent_close || c->fd < 0)
+        return;
+    q_clear(c, 1);
+    size_t n = sse_close_event(buf, reason);
+    frame *f = frame_new(n);
+    memcpy(f->data, buf, n);
+    q_push(c, f);
+    frame_unref(f);
+    c->sent_close = 1;
+    c->state = C_CLOSING;
+    c->replaying = 0;
+    c->sse_hold = 0;
+    group_leave(c);
+    if (c->counted) {
+        c->counted = 0;
+        S.http.nclients--;
+    }
+    c->close_after = 1;
+    c->deadline = S.now + (c->qn > 1 || c->pollout ? DRAIN_TIMEOUT_MS : CLOSE_TIMEOUT_MS);
+}
+
 static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply)
 {
     uint8_t buf[129];
+    if (c->sse) {   /* the same ending, as SSE has it */
+        client_sse_end(c, reason);
+        return;
+    }
     if (c->sent_close || c->fd < 0)
         return;
     q_clear(c, 1);
@@ -1750,8 +1818,11 @@ static void http_respond(client *c, int st, const char *extra, const char *ctype
 {
     sbuf b = { 0 };
     sb_printf(&b, "HTTP/1.1 %d %s\r\nServer: pgcdc\r\nContent-Type: %s\r\n"
-              "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+              "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s",
               st, status_text(st), ctype, blen, extra ? extra : "");
+    if (c->cors)   /* an allowed page may read why (SSE) */
+        sb_printf(&b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", c->cors);
+    sb_add(&b, "\r\n", 2);
     if (c->head)
         blen = 0;
     frame *f = frame_new(b.n + blen);
@@ -2085,11 +2156,39 @@ done:
     return out;
 }
 
+/* /sse: the method (GET or HEAD), the CORS answer for an allowed
+ * foreign page, Last-Event-ID; then the checks of /ws.  1: go on. */
+static int sse_request(client *c, http_req *r)
+{
+    if (!c->head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
+        http_error(c, 405, "Allow: GET, HEAD\r\n", "method %.*s not allowed on /sse: use GET",
+                   (int)(r->method.n > 20 ? 20 : r->method.n), r->method.p);
+        return 0;
+    }
+    /* allowed, and not the server's own (which the Origin policy alone,
+     * with no list, accepts) */
+    if (http_origin_check(r, S.cfg.allowed_origins) > 0 && http_origin_check(r, NULL) < 0 && r->origin.n <= 200)
+        c->cors = xstrndup(r->origin.p, r->origin.n);
+    if (r->nleid > 1) {
+        http_error(c, 400, NULL, "more than one Last-Event-ID header");
+        return 0;
+    }
+    return 1;
+}
+
 static void handle_ws_request(client *c, http_req *r)
 {
     char err[512];
     pending *pd;
 
+    if (c->sse) {
+        if (!sse_request(c, r))
+            return;
+        pd = xmalloc(sizeof *pd);
+        memset(pd, 0, sizeof *pd);
+        c->pend = pd;
+        goto checks;
+    }
     if (!ieq(r->method.p, r->method.n, "GET")) {
         http_error(c, 405, "Allow: GET\r\n", "method %.*s not allowed on /ws: use GET", (int)r->method.n, r->method.p);
         return;
@@ -2126,11 +2225,17 @@ static void handle_ws_request(client *c, http_req *r)
         http_error(c, 400, NULL, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)");
         return;
     }
+checks:;
     /* from here on, a browser (an allowed Origin) reads refusals as close
      * codes (ws_refuse) */
     int origin = http_origin_check(r, S.cfg.allowed_origins);
-    c->browser = (uint8_t)(origin > 0);
+    c->browser = (uint8_t)(origin > 0 && !c->sse);   /* SSE: plain statuses */
     int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
+    if (!perr && r->nleid && r->leid.n) {
+        /* EventSource resumes with Last-Event-ID: it is since, and wins */
+        pd->leid = xstrndup(r->leid.p, r->leid.n);
+        pd->prm.since = pd->leid;
+    }
     if (S.cfg.token) {
         const char *tok = NULL;
         size_t tn = 0;
@@ -2180,8 +2285,8 @@ static void handle_ws_request(client *c, http_req *r)
     }
     pd->sp = sp;
     if (pd->prm.since && pos_parse(pd->prm.since, strlen(pd->prm.since), &pd->since_lsn, &pd->since_idx)) {
-        http_error(c, 400, NULL, "malformed since position \"%.60s\": expected X/X:n as sent in \"pos\"",
-                   pd->prm.since);
+        http_error(c, 400, NULL, "malformed %s position \"%.60s\": expected X/X:n as sent in \"pos\"",
+                   pd->leid ? "Last-Event-ID" : "since", pd->prm.since);
         return;
     }
     if (!tables_allow(S.cfg.tables, sp->schema, sp->table)) {
@@ -2240,13 +2345,17 @@ static void upgrade_finish(client *c)
     uint64_t slsn = pd->since_lsn;
     uint32_t sidx = pd->since_idx;
 
+    int hold = 0;
+
     if (pd->prm.since) {
-        if (!S.hist.floor_known) {
+        if (!S.hist.floor_known && c->sse) {
+            hold = 1;   /* EventSource would give up on a 503: wait, with pings */
+        } else if (!S.hist.floor_known) {
             http_error(c, 503, "Retry-After: 1\r\n",
                        "replication is starting: cannot tell yet whether position %s can be served; retry", pd->prm.since);
             return;
         }
-        if (pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
+        if (!hold && pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
             http_error(c, 410, NULL, "position %s is older than the history this server keeps; reload your data",
                        pd->prm.since);
             return;
@@ -2256,19 +2365,41 @@ static void upgrade_finish(client *c)
         http_error(c, 503, "Retry-After: 5\r\n", "too many clients (max_clients = %d)", S.cfg.max_clients);
         return;
     }
-    char resp[160];
-    int n = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", pd->accept);
-    frame *f = frame_new((size_t)n);
-    memcpy(f->data, resp, (size_t)n);
-    q_push(c, f);
-    frame_unref(f);
+    if (c->sse) {
+        sbuf b = { 0 };
+        sb_printf(&b, "HTTP/1.1 200 OK\r\nServer: pgcdc\r\nContent-Type: text/event-stream\r\n"
+                  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n");
+        if (c->cors)
+            sb_printf(&b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", c->cors);
+        sb_add(&b, "\r\n", 2);
+        if (!c->head)
+            sb_add(&b, "retry: 1000\n\n", 13);
+        frame *f = frame_new(b.n);
+        memcpy(f->data, b.p, b.n);
+        free(b.p);
+        q_push(c, f);
+        frame_unref(f);
+        if (c->head) {   /* the answer's head, no stream */
+            c->close_after = 1;
+            set_events(c);
+            return;
+        }
+    } else {
+        char resp[160];
+        int n = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", pd->accept);
+        frame *f = frame_new((size_t)n);
+        memcpy(f->data, resp, (size_t)n);
+        q_push(c, f);
+        frame_unref(f);
+    }
 
     table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 1);
-    log_info("client %llu %s: subscribed to %s%s%s%s%s%s%s", (unsigned long long)c->id, c->addr, pd->prm.query,
+    log_info("client %llu %s: subscribed to %s%s%s%s%s%s%s%s%s", (unsigned long long)c->id, c->addr, pd->prm.query,
              pd->prm.columns ? " columns=" : "", pd->prm.columns ? pd->prm.columns : "",
              pd->prm.since ? " since " : "", pd->prm.since ? pd->prm.since : "",
-             pd->sub ? " sub=" : "", pd->sub ? pd->sub : "");
+             pd->sub ? " sub=" : "", pd->sub ? pd->sub : "", c->sse ? " (SSE)" : "",
+             hold ? ", held until replication says where it resumes" : "");
     pd->sp = NULL;
     group_join(c, sp, t);
     S.http.nclients++;
@@ -2279,7 +2410,10 @@ static void upgrade_finish(client *c)
     ws_parser_init(&c->wp);
     if (pd->prm.since) {
         S.count.resumes++;
-        c->replaying = 1;
+        /* held: nothing was decoded yet, so every change will come live,
+         * the ones up to since skipped (clients_tick decides the rest) */
+        c->replaying = (uint8_t)!hold;
+        c->sse_hold = (uint8_t)hold;
         c->cursor = hist_after(slsn, sidx);
         c->has_since = 1;
         c->since_lsn = slsn;
@@ -2287,12 +2421,13 @@ static void upgrade_finish(client *c)
     }
     params_free(&pd->prm);
     free(pd->sub);
+    free(pd->leid);
     free(pd);
     c->pend = NULL;
     set_events(c);
     mark_dirty(c);
     /* bytes the client sent right after its request are WebSocket frames */
-    if (c->req && c->req_len > c->head_len)
+    if (!c->sse && c->req && c->req_len > c->head_len)
         client_ws_input(c, (uint8_t *)c->req + c->head_len, c->req_len - c->head_len);
     free(c->req);
     c->req = NULL;
@@ -2349,6 +2484,11 @@ static void handle_request(client *c, http_req *r)
         return;
     }
     if (r->path.n == 3 && !memcmp(r->path.p, "/ws", 3)) {
+        handle_ws_request(c, r);
+        return;
+    }
+    if (r->path.n == 4 && !memcmp(r->path.p, "/sse", 4)) {
+        c->sse = 1;
         handle_ws_request(c, r);
         return;
     }
@@ -2442,8 +2582,8 @@ drain:;
     if (n < 0)
         return;
     c->last_rx = S.now;
-    if (c->state == C_WS || c->state == C_CLOSING)
-        client_ws_input(c, buf, (size_t)n);
+    if ((c->state == C_WS || c->state == C_CLOSING) && !c->sse)
+        client_ws_input(c, buf, (size_t)n);   /* an SSE client's bytes mean nothing */
 }
 
 /* ==== Catalog look-ups ================================================== */
@@ -3318,7 +3458,14 @@ static void metrics_body(sbuf *b)
 {
     uint64_t lag = S.repl.wal_end > S.repl.processed ? S.repl.wal_end - S.repl.processed : 0;
     frame *oldest = S.hist.n ? S.hist.ring[S.hist.head] : NULL;
-    metric(b, "pgcdc_clients", "gauge", "Connected WebSocket clients.", S.http.nclients);
+    unsigned nsse = 0;
+    for (int i = SLOT_FIRST; i < S.npfd; i++)
+        nsse += S.pcl[i]->counted && S.pcl[i]->sse;
+    metric(b, "pgcdc_clients", "gauge", "Connected streaming clients (WebSocket and SSE).", S.http.nclients);
+    sb_printf(b, "# HELP pgcdc_clients_by_transport Connected streaming clients by transport.\n"
+              "# TYPE pgcdc_clients_by_transport gauge\n"
+              "pgcdc_clients_by_transport{transport=\"ws\"} %u\n"
+              "pgcdc_clients_by_transport{transport=\"sse\"} %u\n", S.http.nclients - nsse, nsse);
     metric(b, "pgcdc_connections", "gauge", "Open client TCP connections, upgraded or not.", S.http.nconns);
     metric(b, "pgcdc_changes_total", "counter", "Changes decoded from the replication stream.", S.count.changes);
     metric(b, "pgcdc_frames_sent_total", "counter", "Change frames written to clients.", S.count.frames);
@@ -3612,6 +3759,27 @@ static void clients_tick(void)
         if (c->token_exp && wall >= c->token_exp) {
             log_info("client %llu %s: token expired", (unsigned long long)c->id, c->addr);
             client_ws_close(c, WS_CLOSE_POLICY, "token expired", 1);
+            continue;
+        }
+        if (c->sse_hold && S.hist.floor_known) {
+            /* replication said where it resumes: serve since, or end the
+             * stream (the EventSource comes back and gets the 410) */
+            c->sse_hold = 0;
+            if (pos_cmp(c->since_lsn, c->since_idx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
+                log_info("client %llu %s: held position is older than the history", (unsigned long long)c->id,
+                         c->addr);
+                client_sse_end(c, "position older than the history this server keeps (410): reload your data");
+                continue;
+            }
+        }
+        if (c->sse) {   /* a comment keeps proxies from closing an idle stream */
+            if (ping_ms && S.now - c->last_ping >= ping_ms) {
+                frame *f = frame_new(8);
+                memcpy(f->data, ": ping\n\n", 8);
+                q_push(c, f);
+                frame_unref(f);
+                c->last_ping = S.now;
+            }
             continue;
         }
         if (ping_ms) {

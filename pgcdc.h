@@ -406,8 +406,8 @@ int tables_allow(const char *list, const char *schema, const char *table);
 /* A parsed request head: slices of the caller's buffer. */
 typedef struct http_req {
     slice method, target, version, path, query;
-    slice key, wsver, origin, auth, xff, inm, host;
-    int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin, nhost;
+    slice key, wsver, origin, auth, xff, inm, host, leid;
+    int upgrade_ws, upgrade_any, conn_upgrade, nkey, nver, norigin, nhost, nleid;
     size_t head_len;    /* bytes up to and including the empty line */
 } http_req;
 

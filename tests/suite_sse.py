@@ -297,7 +297,7 @@ class SSE:
         """The next event that is not a comment: (id or None, parsed data)."""
         while True:
             ev = self.next_event(timeout)
-            if ev.startswith(b":"):
+            if ev.startswith(b":") or ev == b"retry: 1000":
                 continue
             fields = [ln.split(b": ", 1) for ln in ev.split(b"\n")]
             d = dict((f[0], f[1]) for f in fields if len(f) == 2)
@@ -489,10 +489,11 @@ def t_sse_slow_consumer():
         slow = SSE(pc.port, sse_path("insert:" + t), rcvbuf=4096)
         fast = SSE(pc.port, sse_path("insert:" + t))
         wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 2, 10, "2 sse clients")
-        for k in range(8):
-            sql("INSERT INTO %s SELECT g, repeat('y', 2000) FROM generate_series(%d, %d) g" % (t, k * 100 + 1,
-                                                                                              k * 100 + 100))
-            for _ in range(100):
+        # 12 MB: more than the kernel's socket buffers and max_queue together
+        for k in range(12):
+            sql("INSERT INTO %s SELECT g, repeat(md5(g::text), 1000) FROM generate_series(%d, %d) g" % (
+                t, k * 25 + 1, k * 25 + 25))
+            for _ in range(25):
                 fast.next_data()
         wait_until(lambda: metric(pc.port, 'pgcdc_clients_dropped_total{reason="slow"}') >= 1, 20,
                    "the slow client dropped")
@@ -539,6 +540,128 @@ def t_sse_metrics():
         c1.close()
         c2.close()
         wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 0, 10, "0 sse")
+
+
+class Gate:
+    """A TCP forwarder to PostgreSQL that lets ordinary connections through
+    but refuses replication connections until opened, so a pgcdc can be kept
+    from learning where its slot resumes while it can still ask the catalog.
+    (conninfo must say sslmode=disable gssencmode=disable, so the first
+    packet is the startup message.)"""
+
+    def __init__(self):
+        self.target = ("127.0.0.1", int(os.environ.get("PGPORT", "5432")))
+        self.repl_ok = False
+        self.socks = []
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.lsock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(a,), daemon=True).start()
+
+    def _conn(self, a):
+        self.socks.append(a)
+        try:
+            first = b""
+            while len(first) < 4 or len(first) < int.from_bytes(first[:4], "big"):
+                d = a.recv(65536)
+                if not d:
+                    a.close()
+                    return
+                first += d
+            if b"replication\x00" in first and not self.repl_ok:
+                a.close()
+                return
+            b = socket.create_connection(self.target)
+            self.socks.append(b)
+            b.sendall(first)
+        except OSError:
+            a.close()
+            return
+        threading.Thread(target=self._pump, args=(b, a), daemon=True).start()
+        self._pump(a, b)
+
+    @staticmethod
+    def _pump(x, y):
+        try:
+            while True:
+                d = x.recv(65536)
+                if not d:
+                    break
+                y.sendall(d)
+        except OSError:
+            pass
+        for z in (x, y):
+            try:
+                z.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.lsock.close()
+        for z in self.socks:
+            z.close()
+
+
+def t_sse_held_until_servable():
+    """After a restart, before replication says where the slot resumes, /ws
+    answers 503 to a since, but /sse holds the stream open (pings) and then
+    serves it: the rows made while pgcdc was down, then new ones, once each.
+    A held position that turns out too old ends with event: close."""
+    t = "sse_hold"
+    make_table(t)
+    slot = "sse_hold_%d" % os.getpid()
+    pc = Pgcdc({"postgres": {"temporary_slot": "false"}}, slot=slot).start()
+    gate = Gate()
+    pc2 = None
+    try:
+        c = SSE(pc.port, sse_path("insert:" + t))
+        rows_inserted(t, 1, 3)
+        last = [c.next_data()[0] for _ in range(3)][-1]
+        c.close()
+        pc.stop()
+        rows_inserted(t, 4, 5)
+        # the same slot, through a gate that is still closed
+        pc2 = Pgcdc({"postgres": {"temporary_slot": "false", "reconnect_max": "1",
+                                  "conninfo": "host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable "
+                                              "gssencmode=disable" % (
+                                      gate.port, os.environ.get("PGUSER", "postgres"),
+                                      os.environ.get("PGDATABASE", "postgres"))},
+                     "server": {"ping_interval": "1"}}, slot=slot).start(wait_streaming=False)
+        data = raw_http(pc2.port, ("GET /ws?query=insert:%s&since=%s HTTP/1.1\r\nHost: x\r\n"
+                                   "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                                   % (t, enc(last))).encode())
+        assert data.startswith(b"HTTP/1.1 503 "), "/ws with since before replication: %r" % data[:200]
+        held = SSE(pc2.port, sse_path("insert:" + t), headers=[("Last-Event-ID", last)])
+        check_stream_head(held)
+        old = SSE(pc2.port, sse_path("insert:" + t, since="0/1:0"))
+        check_stream_head(old)
+        assert held.next_event() == b"retry: 1000" and held.next_event(10) == b": ping"
+        gate.repl_ok = True
+        got = [held.next_data(30)[1]["columns"][0]["value"] for _ in range(2)]
+        rows_inserted(t, 6, 6)
+        got.append(held.next_data()[1]["columns"][0]["value"])
+        assert got == [4, 5, 6], got
+        old.read_to_eof(15)
+        assert old.buf.endswith(b"event: close\ndata: position older than the history this server keeps (410): "
+                                b"reload your data\n\n"), old.buf[-200:]
+        held.close()
+    finally:
+        if pc2:
+            pc2.stop()
+        pc.stop()
+        gate.close()
+        sql("SELECT pg_drop_replication_slot('%s')" % slot, check=False)
 
 
 # ---- live() in Node ------------------------------------------------------------
@@ -638,9 +761,16 @@ TESTS = [
     ("sse: a client that never reads is dropped at max_queue after event: close", t_sse_slow_consumer),
     ("sse: shutdown ends the stream with event: close", t_sse_shutdown),
     ("sse: metrics count clients by transport", t_sse_metrics),
+    ("sse: a since that cannot be served yet is held open with pings, then served", t_sse_held_until_servable),
     ("GET /pgcdc.js: the module, cacheable, 304 on its ETag, 404 without demo_page", t_js_served),
+    ("pgcdc.js subscribe() over WebSocket reports 400/401/403 with the reason and does not retry",
+     t_js_refusals_ws),
+    ("pgcdc.js subscribe() over SSE (fetch) reports 400/401/403 with the reason and does not retry",
+     t_js_refusals_sse),
     ("pgcdc.js subscribe() over WebSocket resumes across a pgcdc restart, every row once",
      t_js_restart_ws),
+    ("pgcdc.js subscribe() over SSE (fetch) resumes across a pgcdc restart, every row once",
+     t_js_restart_sse),
 ]
 
 if __name__ == "__main__":
