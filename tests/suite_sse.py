@@ -542,6 +542,90 @@ def t_sse_metrics():
         wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 0, 10, "0 sse")
 
 
+def t_sse_curl():
+    """curl -N shows the events as they come."""
+    t = "sse_curl"
+    make_table(t)
+    with Pgcdc() as pc:
+        p = subprocess.Popen(["curl", "-sS", "-N", "--max-time", "20", "http://127.0.0.1:%d%s" % (
+            pc.port, sse_path("insert:" + t))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out = b""
+        try:
+            os.set_blocking(p.stdout.fileno(), False)
+
+            def got(want):
+                nonlocal out
+                d = p.stdout.read()
+                if d:
+                    out += d
+                return want in out
+            wait_until(lambda: got(b"retry: 1000\n\n"), 10, "curl to show retry")
+            rows_inserted(t, 7, 7)
+            wait_until(lambda: got(b'"value":"r7"}]}\n\n'), 10, lambda: "the row in %r" % out)
+            assert out.startswith(b"retry: 1000\n\nid: ") and b"\ndata: {\"pos\":" in out, out
+        finally:
+            p.kill()
+            p.wait()
+
+
+def readme_example(name):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    mark = "<!-- example: %s -->\n```js\n" % name
+    assert mark in text, "README has no %s example" % name
+    start = text.index(mark) + len(mark)
+    return text[start:text.index("```", start)]
+
+
+def run_readme_example(name, table, pc, workdir):
+    code = readme_example(name).replace("http://127.0.0.1:8080/", base(pc)).replace('"orders"', '"%s"' % table) \
+        .replace(":orders", ":" + table)
+    shutil.copy(os.path.join(ROOT, "web", "pgcdc.js"), os.path.join(workdir, "pgcdc.js"))
+    path = os.path.join(workdir, name + ".mjs")
+    with open(path, "w") as f:
+        f.write(code)
+    return subprocess.Popen([NODE, "--experimental-websocket", "--no-warnings", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def t_readme_examples():
+    """README's pgcdc.js examples run as printed (address and table
+    substituted) and print the changes."""
+    import tempfile
+    t = "sse_readme"
+    sql("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, status text, total int)" % (t, t))
+    work = tempfile.mkdtemp(prefix="pgcdc-readme-js-")
+    procs = []
+    try:
+        with Pgcdc() as pc:
+            for name in ("subscribe", "live"):
+                procs.append(run_readme_example(name, t, pc, work))
+            wait_until(lambda: metric(pc.port, "pgcdc_clients") == 2, 20, "both examples connected")
+            sql("INSERT INTO %s VALUES (1, 'paid', 50), (2, 'new', 5); UPDATE %s SET total = 60 WHERE id = 1"
+                % (t, t))
+            outs = []
+            for p in procs:
+                lines = []
+                os.set_blocking(p.stdout.fileno(), False)
+
+                def enough(p=p, lines=lines):
+                    d = p.stdout.read()
+                    if d:
+                        lines.extend(d.splitlines())
+                    return len(lines) >= 2
+                wait_until(enough, 20, lambda: "output %r" % lines)
+                outs.append(lines)
+            sub, lv = outs
+            assert sub[0].split(" ")[1] == "I" and '"value":1' in sub[0] and sub[1].split(" ")[1] == "U", sub
+            assert sub[0].split(" ")[0] < sub[1].split(" ")[0] or len(sub[0]) != len(sub[1]), sub
+            assert lv[0] == "I 1 1 paid orders" and lv[1] == "U 1 1 paid orders", lv
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 class Gate:
     """A TCP forwarder to PostgreSQL that lets ordinary connections through
     but refuses replication connections until opened, so a pgcdc can be kept
@@ -762,6 +846,8 @@ TESTS = [
     ("sse: shutdown ends the stream with event: close", t_sse_shutdown),
     ("sse: metrics count clients by transport", t_sse_metrics),
     ("sse: a since that cannot be served yet is held open with pings, then served", t_sse_held_until_servable),
+    ("sse: curl -N shows the events", t_sse_curl),
+    ("README's pgcdc.js examples run in Node as printed", t_readme_examples),
     ("GET /pgcdc.js: the module, cacheable, 304 on its ETag, 404 without demo_page", t_js_served),
     ("pgcdc.js subscribe() over WebSocket reports 400/401/403 with the reason and does not retry",
      t_js_refusals_ws),
