@@ -549,16 +549,14 @@ def t_sse_curl():
     with Pgcdc() as pc:
         p = subprocess.Popen(["curl", "-sS", "-N", "--max-time", "20", "http://127.0.0.1:%d%s" % (
             pc.port, sse_path("insert:" + t))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = b""
+        chunks = []
+        threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stdout.read1(65536), b"")), daemon=True).start()
         try:
-            os.set_blocking(p.stdout.fileno(), False)
-
             def got(want):
                 nonlocal out
-                d = p.stdout.read()
-                if d:
-                    out += d
+                out = b"".join(chunks)
                 return want in out
+            out = b""
             wait_until(lambda: got(b"retry: 1000\n\n"), 10, "curl to show retry")
             rows_inserted(t, 7, 7)
             wait_until(lambda: got(b'"value":"r7"}]}\n\n'), 10, lambda: "the row in %r" % out)
@@ -606,15 +604,11 @@ def t_readme_examples():
             outs = []
             for p in procs:
                 lines = []
-                os.set_blocking(p.stdout.fileno(), False)
-
-                def enough(p=p, lines=lines):
-                    d = p.stdout.read()
-                    if d:
-                        lines.extend(d.splitlines())
-                    return len(lines) >= 2
-                wait_until(enough, 20, lambda: "output %r" % lines)
+                threading.Thread(target=lambda p=p, lines=lines: lines.extend(p.stdout), daemon=True).start()
                 outs.append(lines)
+            for lines in outs:
+                wait_until(lambda lines=lines: len(lines) >= 2, 20, lambda: "output %r" % outs)
+            outs = [[x.rstrip("\n") for x in lines] for lines in outs]
             sub, lv = outs
             assert sub[0].split(" ")[1] == "I" and '"value":1' in sub[0] and sub[1].split(" ")[1] == "U", sub
             assert sub[0].split(" ")[0] < sub[1].split(" ")[0] or len(sub[0]) != len(sub[1]), sub
