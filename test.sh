@@ -26,7 +26,10 @@ ROOT=$PWD
 # Debian packages the tests need.
 DEPS=(postgresql-15 postgresql-15-wal2json libpq-dev python3-websockets
       build-essential clang libclang-rt-14-dev valgrind nginx openssl curl
-      chromium haproxy nodejs npm python3-jwt python3-cryptography)
+      chromium haproxy python3-jwt python3-cryptography)
+# Node.js and npm (node, npm) are checked by command in stage_deps, not by
+# package: a machine may carry its own Node.js build with npm inside, which
+# Debian's npm package conflicts with.
 
 # Stages in the order they run.
 STAGES=(deps build clang unit postgres suites optional)
@@ -124,6 +127,8 @@ stage_deps() {
     for p in "${DEPS[@]}"; do
         pkg_installed "$p" || missing+=("$p")
     done
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     if [ ${#missing[@]} = 0 ]; then
         note "all packages present"
         return
