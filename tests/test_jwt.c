@@ -431,6 +431,22 @@ static void test_refusals(void)
                            "\"aud\":[\"a\",[\"pgcdc\"]]}"), &ia, NOW), JWT_EAUD);
         CHECK_EQ(verify(hs("{\"exp\":4102444800,\"iss\":\"https://issuer.example\"}"),
                         &ia, NOW), JWT_EAUD);
+        /* an HS256 MAC cut short or made longer never verifies */
+        const char *full = hs("{\"exp\":4102444800}");
+        const char *sig = strrchr(full, '.') + 1;
+        uint8_t mac[40];
+        long ml = b64url_decode(sig, strlen(sig), mac, sizeof mac);
+        CHECK_EQ(ml, 32);
+        static const size_t cuts[] = { 0, 1, 16, 31, 33 };
+        for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+            char cut[256];
+            size_t pre = (size_t)(sig - full);
+            memcpy(cut, full, pre);
+            mac[32] = 0;
+            long el = b64url_encode(mac, cuts[i], cut + pre, sizeof cut - pre - 1);
+            cut[pre + (size_t)el] = '\0';
+            CHECK_EQ(verify(cut, &cfg, NOW), JWT_ESIG);
+        }
         /* the signature is checked before any claim */
         const char *t = hs("{\"sub\":\"x\"}");
         char bad[256];
