@@ -370,6 +370,79 @@ async def t_key_rotation_sighup(pc):
     await close(ws)
 
 
+# ---- tests: Server-Sent Events ---------------------------------------------------
+
+class SSE:
+    """A raw /sse stream: status, then events as (event-type, data) pairs."""
+
+    def __init__(self, port, path, headers=()):
+        import socket
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        req = "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (path, port)
+        for h in headers:
+            req += h + "\r\n"
+        self.s.sendall((req + "\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            b = self.s.recv(65536)
+            if not b:
+                break
+            self.buf += b
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else 0
+        self.head = head.decode("latin-1")
+
+    def event(self, timeout=20):
+        """The next event with data, as (type or None, data text); None at EOF."""
+        deadline = time.time() + timeout
+        while True:
+            while b"\n\n" in self.buf:
+                ev, _, self.buf = self.buf.partition(b"\n\n")
+                fields = dict(ln.split(b": ", 1) for ln in ev.split(b"\n") if b": " in ln and not ln.startswith(b":"))
+                if b"data" in fields:
+                    t = fields.get(b"event")
+                    return (t.decode() if t else None), fields[b"data"].decode()
+            left = deadline - time.time()
+            if left <= 0:
+                raise AssertionError("no SSE event within %d s" % timeout)
+            self.s.settimeout(left)
+            b = self.s.recv(65536)
+            if not b:
+                return None
+            self.buf += b
+
+    def close(self):
+        self.s.close()
+
+
+def sse_path(query, token=None, extra=""):
+    return "/sse?query=" + enc(query) + ("&token=" + enc(token) if token else "") + extra
+
+
+def t_sse_jwt(pc):
+    c = SSE(pc.port, sse_path("insert:j_orders"))
+    assert c.status == 401, c.head
+    c.close()
+    c = SSE(pc.port, sse_path("insert:j_other", hs(claims_of())))
+    assert c.status == 403, c.head
+    c.close()
+    exp = int(time.time()) + 4
+    c = SSE(pc.port, sse_path("insert:j_orders", hs(claims_of("u5", exp=exp)), "&columns=amount"))
+    c2 = SSE(pc.port, "/sse?query=insert:j_orders", ("Authorization: Bearer " + hs(claims_of("u6")),))
+    assert c.status == 200 and c2.status == 200, (c.head, c2.head)
+    sql("INSERT INTO j_orders (customer_id, amount) VALUES ('u6', 60), ('u5', 50), ('u6', 61)")
+    t, data = c.event()
+    assert t is None and json.loads(data)["columns"] == [{"name": "amount", "type": "integer", "value": 50}], data
+    got = [json.loads(c2.event()[1]) for _ in range(2)]
+    assert [cols(f)["amount"] for f in got] == [60, 61], got
+    # at exp: event: close saying why, then the end of the stream
+    ev = c.event(timeout=15)
+    assert ev is not None and ev[0] == "close" and "token expired" in ev[1], ev
+    assert time.time() - exp < 1.5, "closed %.2f s after exp" % (time.time() - exp)
+    c.close()
+    c2.close()
+
+
 # ---- tests: rules --------------------------------------------------------------
 
 async def t_rules_two_users(pc):
@@ -596,6 +669,7 @@ def main():
         ("rules: ;columns= hides a column from the bytes", t_rule_columns_hide_bytes),
         ("token expiry closes with 1008 within a second of exp", t_expiry_closes_1008),
         ("key rotation: rewrite the JWKS file, SIGHUP, clients stay", t_key_rotation_sighup),
+        ("SSE: JWT by ?token= or Bearer, rules, columns=, event: close at exp", t_sse_jwt),
     ]
     selected = lambda name: len(sys.argv) < 2 or any(a in name for a in sys.argv[1:])  # noqa: E731
     pc = server()
