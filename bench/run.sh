@@ -34,8 +34,10 @@ SCENARIOS=()
 for a in "${@:-all}"; do
     case $a in
     all) SCENARIOS+=(throughput fanout latency memory backpressure) ;;
-    throughput|fanout|latency|memory|backpressure) SCENARIOS+=("$a") ;;
-    *) echo "usage: $0 [throughput|fanout|latency|memory|backpressure|all]..." >&2; exit 2 ;;
+    throughput|fanout|latency|memory|backpressure|refcheck|kernel|instances|capacity)
+        SCENARIOS+=("$a") ;;
+    *) echo "usage: $0 [throughput|fanout|latency|memory|backpressure|refcheck|kernel|instances|capacity|all]..." >&2
+       exit 2 ;;
     esac
 done
 
@@ -185,6 +187,9 @@ start_pgcdc() {
         echo "[server]"
         echo "listen = 127.0.0.1:$PORT"
         echo "max_clients = 20000"
+        # wsload opens hundreds of connections at once from 127.0.0.1; an
+        # untrusted address may hold only 64 unfinished requests
+        echo "trusted_proxies = 127.0.0.1"
         local l
         for l in "$@"; do echo "$l"; done
     } >"$cfg"
@@ -319,6 +324,10 @@ ws_run() {
     CPU+=("$name: pgcdc $(calc "($c1 - $c0) / $TCK" 2) s (kernel $(calc "($s1 - $s0) / $TCK" 2) s), wsload $(kv "$out" result cpu_s) s, $(kv "$out" result frames) frames, $(calc "0$(kv "$out" result bytes) / 1048576" 0) MiB")
 }
 
+# How the reference's output is read: --pipe-batch (a 1 MiB pipe read in
+# batches) unless BENCH_REF_READER=--pipe; see the refcheck scenario.
+REF_READER=${BENCH_REF_READER:---pipe-batch}
+
 # ref_run NAME WORKLOAD-ARGS... -- WSLOAD-ARGS...: the same through
 # pg_recvlogical into "wsload --pipe"; output in $DIR/ref-NAME.out.
 ref_run() {
@@ -329,7 +338,7 @@ ref_run() {
     local out=$DIR/ref-$name.out fifo=$DIR/ref-$name.fifo slot=bench_ref_$name
     RUN_NAME=ref-$name
     mkfifo "$fifo"
-    "$WSLOAD" --pipe --max 400 "$@" <"$fifo" >"$out" 2>&1 &
+    "$WSLOAD" "$REF_READER" --max 400 "$@" <"$fifo" >"$out" 2>&1 &
     local wpid=$!
     STARTED+=("$wpid")
     "$PGBIN/pg_recvlogical" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres \
@@ -580,6 +589,165 @@ scenario_backpressure() {
     [ "$reps" -gt 1 ] && row backpressure "close code, stalled client reads again 8 s after the drop" \
         "${code_late:--}" "-" "-"
     note "backpressure changes/s per run: without ${without[*]}; with ${withs[*]}; close code -1 = TCP closed without a close frame"
+}
+
+# The reference itself: pg_recvlogical's output read record by record (each
+# of its write()s wakes the reader) against the same read in batches from a
+# 1 MiB pipe, alternating, on the 200,000-row transaction.
+scenario_refcheck() {
+    local big=${BENCH_BIG:-200000} i mode
+    local -A got=()
+    for i in $(seq 1 "$REPEAT"); do
+        for mode in --pipe --pipe-batch; do
+            local tag=${mode#--}
+            tag=${tag//-/_}   # slot names take [a-z0-9_]
+            REF_READER=$mode ref_run "rc_${tag}_$i" wl_bigtx $big -- -n $big -t 60
+            got[$mode]+="$(rate_of "$DIR/ref-rc_${tag}_$i.out" $big) "
+        done
+    done
+    # shellcheck disable=SC2086
+    row refcheck "$big-row tx, pg_recvlogical changes/s: read in batches (ref: per write)" \
+        "$(median ${got[--pipe-batch]})" "$(median ${got[--pipe]})"
+    note "refcheck changes/s per run: wsload --pipe ${got[--pipe]}; wsload --pipe-batch ${got[--pipe-batch]}"
+}
+
+# Fan-out against the kernel's own limit: bench/fanout_ref.c writes the same
+# kind of ready-made frames to 100 sockets with writev (no database), and
+# pgcdc delivers the 200,000-row transaction to 100 clients; both read by
+# wsload, frames/s from the first byte sent (fanout_ref) or the commit
+# (pgcdc) to the last frame at the last client.
+scenario_kernel() {
+    local n=${BENCH_BIG:-200000} c=100 i out ref fps=() rfps=() rcpu=() pcpu=()
+    local FREF=$DIR/fanout_ref
+    # shellcheck disable=SC2086
+    ${CC:-cc} $CFLAGS_W -o "$FREF" "$ROOT/bench/fanout_ref.c" || { note "fanout_ref does not build"; return; }
+    for i in $(seq 1 "$REPEAT"); do
+        local fport=$((WSPORT + 900 + i))
+        ref=$DIR/fref-$i.out
+        "$FREF" -p "$fport" -c $c -n $n --ready-file "$ref.ready" >"$ref" 2>&1 &
+        local fpid=$!
+        STARTED+=("$fpid")
+        wait_file "$ref.ready" 60 || log "fanout_ref not listening"
+        out=$DIR/ws-fref-$i.out
+        "$WSLOAD" -u "ws://127.0.0.1:$fport/ws" -c $c -n $n -t 30 --max 300 >"$out" 2>&1
+        wait_pid "$fpid" 30
+        local t0 last tot
+        t0=$(sed -n 's/^t0_us=//p' "$ref")
+        last=$(kv "$out" result last_us)
+        tot=$(kv "$out" result frames)
+        if num "$t0" && num "$last" && [ "$last" != 0 ]; then
+            rfps+=("$(calc "$tot / (($last - $t0) / 1e6)" 0)")
+        else
+            rfps+=(-)
+        fi
+        rcpu+=("$(grep '^sent' "$ref" | tr ' ' '\n' | sed -n 's/^cpu_\(user\|sys\)_s=//p' | paste -sd/)")
+        [ "$(kv "$out" result min)" != "$n" ] && note "kernel run $i: fanout_ref clients got min $(kv "$out" result min) of $n"
+        start_pgcdc "kernel_$i" "max_queue = 1073741824" || note "kernel: pgcdc did not start"
+        local c0 s0 c1 s1
+        c0=$(cpu_ticks "$PGCDC_PID"); s0=$(sys_ticks "$PGCDC_PID")
+        ws_run "kernel_$i" wl_bigtx $n -- -c $c -n $n -t 60
+        c1=$(cpu_ticks "$PGCDC_PID"); s1=$(sys_ticks "$PGCDC_PID")
+        out=$DIR/ws-kernel_$i.out
+        last=$(kv "$out" result last_us)
+        tot=$(kv "$out" result frames)
+        if num "$last" && [ "$last" != 0 ] && [ -n "$T0" ]; then
+            fps+=("$(calc "$tot / (($last - $T0) / 1e6)" 0)")
+        else
+            fps+=(-)
+        fi
+        pcpu+=("$(calc "(${c1:-0} - ${s1:-0} - ${c0:-0} + ${s0:-0}) / $TCK" 2)/$(calc "(${s1:-0} - ${s0:-0}) / $TCK" 2)")
+        stop_pgcdc "kernel_$i"
+    done
+    row kernel "$n frames -> $c clients, frames/s: pgcdc (ref: writev sender)" \
+        "$(median "${fps[@]}")" "$(median "${rfps[@]}")"
+    note "kernel frames/s per run: pgcdc ${fps[*]}; fanout_ref ${rfps[*]}"
+    note "kernel CPU s user/sys per run: pgcdc ${pcpu[*]}; fanout_ref ${rcpu[*]}"
+}
+
+# What each extra instance costs PostgreSQL: N = 1, 2, 4 pgcdc instances
+# (each its own temporary slot and one client) while pgbench inserts one row
+# per transaction at a fixed rate; CPU of each instance's walsender (from
+# /proc/<pid>/stat, utime + stime) over the run.
+scenario_instances() {
+    local rate=${BENCH_INST_RATE:-1000} dur=${BENCH_INST_SECS:-10} n k
+    for n in 1 2 4; do
+        local pids=() ports=() wpids=() wals=() w0=() p0=() per=() pper=() wsout=()
+        for k in $(seq 1 $n); do
+            start_pgcdc "inst_${n}_$k" || note "instances: pgcdc $k of $n did not start"
+            pids+=("$PGCDC_PID")
+            ports+=("$PORT")
+        done
+        for k in $(seq 0 $((n - 1))); do
+            local wp o
+            wp=$(psqlq -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_inst_${n}_$((k + 1))'")
+            wals+=("$wp")
+            o=$DIR/ws-inst_${n}_$k.out
+            wsout+=("$o")
+            "$WSLOAD" -u "ws://127.0.0.1:${ports[$k]}/ws?query=insert:bench_t" -c 1 -t 4 --max 120 \
+                --ready-file "$o.ready" >"$o" 2>&1 &
+            wpids+=("$!")
+            STARTED+=("$!")
+            wait_file "$o.ready" 30 || log "instances: client $k not ready"
+        done
+        sleep 1
+        for k in $(seq 0 $((n - 1))); do
+            w0+=("$(cpu_ticks "${wals[$k]}")")
+            p0+=("$(cpu_ticks "${pids[$k]}")")
+        done
+        RUN_NAME=inst_$n
+        local t0s
+        t0s=$(date +%s.%N)
+        workload wl_rate "$rate" "$dur"
+        local secs
+        secs=$(calc "$(date +%s.%N) - $t0s" 2)
+        for k in $(seq 0 $((n - 1))); do
+            local w1 p1
+            w1=$(cpu_ticks "${wals[$k]}")
+            p1=$(cpu_ticks "${pids[$k]}")
+            per+=("$(calc "100 * (${w1:-0} - ${w0[$k]:-0}) / $TCK / $secs" 1)")
+            pper+=("$(calc "100 * (${p1:-0} - ${p0[$k]:-0}) / $TCK / $secs" 1)")
+        done
+        for k in $(seq 0 $((n - 1))); do
+            wait_pid "${wpids[$k]}" 30
+        done
+        local total ptotal got
+        total=$(printf '%s\n' "${per[@]}" | awk '{ s += $1 } END { printf "%.1f", s }')
+        ptotal=$(printf '%s\n' "${pper[@]}" | awk '{ s += $1 } END { printf "%.1f", s }')
+        got=$(for o in "${wsout[@]}"; do kv "$o" result frames; done | tr '\n' ' ')
+        row instances "$n instance(s) at $rate changes/s: walsender CPU % each (ref: all)" \
+            "$(printf '%s\n' "${per[@]}" | paste -sd/)" "$total" "-"
+        note "instances $n: walsender CPU % ${per[*]} (pids ${wals[*]}), pgcdc CPU % ${pper[*]} (total $ptotal), frames per client: $got, over ${secs}s; $(sed -n 's/.*actually processed: //p' "$DIR/pgbench-inst_$n.log") transactions"
+        for k in $(seq 0 $((n - 1))); do
+            PGCDC_PID=${pids[$k]}
+            PORT=${ports[$k]}
+            PGCDC_DEAD=0
+            stop_pgcdc "inst_${n}_$((k + 1))"
+        done
+    done
+}
+
+# Clients one instance serves with p99 latency under 10 ms: --latency on
+# every connection at BENCH_CAP_RATE (200) changes/s for 8 s, for growing
+# client counts, until p99 reaches 10 ms.
+scenario_capacity() {
+    local rate=${BENCH_CAP_RATE:-200} c best=0 seen=()
+    start_pgcdc capacity || { note "capacity: pgcdc did not start"; return; }
+    for c in ${BENCH_CAP_CLIENTS:-250 500 1000 2000 4000 8000}; do
+        ws_run "cap_$c" wl_rate "$rate" 8 -- -c "$c" --latency -t 4 -r 2000
+        local p99 p50 got
+        p99=$(kv "$DIR/ws-cap_$c.out" latency p99_us)
+        p50=$(kv "$DIR/ws-cap_$c.out" latency p50_us)
+        got=$(kv "$DIR/ws-cap_$c.out" connected ok)
+        seen+=("$c:p50=$(ms "$p50"),p99=$(ms "$p99")ms(ok=$got)")
+        if num "$p99" && [ "${p99%.*}" -lt 10000 ] && [ "${got:-0}" = "$c" ]; then
+            best=$c
+        else
+            break
+        fi
+    done
+    stop_pgcdc capacity
+    row capacity "clients at p99 < 10 ms, $rate changes/s (largest tried)" "$best" "-" "-"
+    note "capacity per client count: ${seen[*]}"
 }
 
 log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') in $DIR, pgcdc $("$PGCDC" -V 2>&1)"

@@ -270,7 +270,9 @@ def t_scaleout():
     table = "scale_t_%d" % os.getpid()
     sql("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id serial PRIMARY KEY, v int)" % (table, table))
     work = tempfile.mkdtemp(prefix="pgcdc-scale-")
-    instances = [Pgcdc({"postgres": {"temporary_slot": "false"}}) for _ in range(3)]
+    # as dist/haproxy.cfg says: HAProxy's address is a trusted proxy
+    instances = [Pgcdc({"postgres": {"temporary_slot": "false"},
+                        "server": {"trusted_proxies": "127.0.0.1"}}) for _ in range(3)]
     hap = None
     try:
         for pc in instances:
