@@ -164,7 +164,7 @@ else
 fi
 
 # SSE and pgcdc.js in Chromium: browser_live.mjs starts its own pgcdc.
-for scenario in eventsource; do
+for scenario in eventsource refusals; do
 	out=$(cd "$here" && TMPDIR=$tmp timeout -k 5 170 node browser_live.mjs $scenario 2>&1)
 	rc=$?
 	line=$(printf '%s\n' "$out" | grep -E '^(not )?ok - ' | head -n 1)

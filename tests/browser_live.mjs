@@ -115,6 +115,33 @@ async function eventsource(page) {
   if (await page.evaluate(() => window.opens) < 2) throw new Error("no second open");
 }
 
+async function refusals(page) {
+  psql(`DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (id int PRIMARY KEY)`);
+  for (const transport of ["ws", "sse"]) {
+    for (const [query, code, word] of [["bogus:" + table, 400, "bogus"], ["*:no_such_table_here", 400, "no_such_table_here"]]) {
+      step = `subscribe(${query}) over ${transport}`;
+      const got = await page.evaluate(async ([query, transport]) => {
+        const { subscribe } = await import("/pgcdc.js");
+        const seen = [];
+        await new Promise((resolve) => {
+          subscribe("/", { query, transport, minDelay: 100, onStatus: (s, info) => {
+            seen.push([s, info]);
+            if (s === "closed") setTimeout(resolve, 1500);   // a retry would show up here
+          } });
+          setTimeout(resolve, 20000);
+        });
+        return seen;
+      }, [query, transport]);
+      const closed = got.filter(([s]) => s === "closed");
+      const want = transport === "ws" ? 4000 + code : code;
+      if (closed.length !== 1 || closed[0][1].code !== want || !String(closed[0][1].reason).includes(word))
+        throw new Error(`${transport} ${query}: ${JSON.stringify(got)}`);
+      if (got.filter(([s]) => s === "connecting").length !== 1 || got.some(([s]) => s === "reconnecting"))
+        throw new Error(`${transport} ${query}: retried: ${JSON.stringify(got)}`);
+    }
+  }
+}
+
 async function live(page, transport) {
   const burst = (phase) => execFileSync("sh", [join(here, "live_burst.sh"), table, phase],
                                         { stdio: ["ignore", "ignore", "pipe"], timeout: 60000 });
@@ -162,6 +189,7 @@ async function live(page, transport) {
 }
 
 const NAMES = {
+  "refusals": "pgcdc.js in Chromium reports 4400 (WebSocket) and 400 (SSE) with the server's reason and does not retry",
   "eventsource": "EventSource in Chromium reconnects by itself after a pgcdc restart, every row once, in order",
   "live-ws": "pgcdc.js live() over WebSocket in Chromium equals the table (burst, restart, 410, truncate)",
   "live-sse": "pgcdc.js live() over SSE (EventSource) in Chromium equals the table (burst, restart, 410, truncate)",
@@ -177,6 +205,7 @@ try {
   const page = await browser.newPage();
   await page.goto(`http://127.0.0.1:${port}/ping`);
   if (mode === "eventsource") await eventsource(page);
+  else if (mode === "refusals") await refusals(page);
   else await live(page, mode === "live-sse" ? "sse" : "ws");
   ok = true;
   console.log("ok - " + NAMES[mode]);

@@ -520,6 +520,21 @@ def t_sse_shutdown():
         pc.stop()
 
 
+def t_sse_grant_expiry():
+    """A grant that expires ends the stream with event: close."""
+    import grant_mint
+    t = "sse_gexp"
+    make_table(t)
+    with Pgcdc({"server": {"grant_secret": "sixteen-bytes-secret"}}) as pc:
+        g = grant_mint.mint("sixteen-bytes-secret", "insert:" + t, ttl=8)
+        c = SSE(pc.port, sse_path("insert:" + t) + "&grant=" + g)
+        check_stream_head(c)
+        rows_inserted(t, 1, 1)
+        assert c.next_data()[1]["columns"][0]["value"] == 1
+        c.read_to_eof(20)
+        assert c.buf[c.pos:] == b"event: close\ndata: grant expired\n\n", c.buf[c.pos:]
+
+
 def t_sse_metrics():
     t = "sse_metrics"
     make_table(t)
@@ -838,6 +853,7 @@ TESTS = [
     ("sse: Last-Event-ID resumes exactly and wins over since", t_sse_last_event_id),
     ("sse: a client that never reads is dropped at max_queue after event: close", t_sse_slow_consumer),
     ("sse: shutdown ends the stream with event: close", t_sse_shutdown),
+    ("sse: an expiring grant ends the stream with event: close", t_sse_grant_expiry),
     ("sse: metrics count clients by transport", t_sse_metrics),
     ("sse: a since that cannot be served yet is held open with pings, then served", t_sse_held_until_servable),
     ("sse: curl -N shows the events", t_sse_curl),

@@ -161,7 +161,7 @@ export function subscribe(url, options = {}) {
 
   // The server accepted the subscription.
   function accepted(g) {
-    if (g !== gen) return;
+    if (g !== gen || status !== "connecting") return;   // messages may have said so already
     openedAt = Date.now();
     report(snapshot ? "snapshot" : "live", {});
   }
@@ -257,7 +257,10 @@ export function subscribe(url, options = {}) {
         ended(g, code, reason, opened, sseUrl);
       };
       conn = { close: () => { done = true; try { ws.close(1000); } catch (e) { /* closing anyway */ } } };
-      ws.onopen = () => { opened = true; accepted(g); };
+      // A browser's refusal comes as an accepted upgrade closed at once
+      // with 4400..4503 (docs/protocol.md, Refusals for browsers): say
+      // "live" only once the connection has stayed open a moment.
+      ws.onopen = () => { opened = true; openedAt = Date.now(); setTimeout(() => { if (!done) accepted(g); }, 150); };
       ws.onmessage = (ev) => { if (g === gen && !done) deliver(ev.data); };
       ws.onclose = (ev) => finish(ev.code, ev.reason);
       // Node 20 reports a refused handshake as an error without a close
