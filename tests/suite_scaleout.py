@@ -193,6 +193,13 @@ class Client:
         return None
 
 
+def sse_count(port):
+    """SSE clients an instance holds, from its /metrics."""
+    st, body = http_get(port, "/metrics")
+    m = re.search(r'^pgcdc_clients_by_transport\{transport="sse"\} (\d+)$', body, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def sse_available(port, table):
     """Does this build serve /sse (200 to a valid request)?"""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -231,7 +238,9 @@ async def scenario(front, instances, table, transports):
     while min(len(c.ids) for c in clients) < KILL_AT:
         assert time.time() < deadline, "clients stuck before the kill: %r" % [len(c.ids) for c in clients]
         await asyncio.sleep(0.02)
-    victim = max(range(3), key=lambda i: counts[i])
+    # the victim holds the most clients, and SSE ones when there are any
+    sse_on = [await asyncio.to_thread(sse_count, pc.port) for pc in instances]
+    victim = max(range(3), key=lambda i: (sse_on[i] > 0, counts[i]))
     on_victim = counts[victim]
     instances[victim].stop(sig=9)
     killed_at = min(len(c.ids) for c in clients)
@@ -251,6 +260,8 @@ async def scenario(front, instances, table, transports):
     bad = [p for p in (c.problems() for c in clients) if p]
     assert not bad, "; ".join(bad[:4])
     moved = [c for c in clients if c.connects > 1]
+    if any(t == "sse" for t, _ in transports):
+        assert any(c.transport == "sse" for c in moved), "no SSE client was on the killed instance"
     assert len(moved) == on_victim, "%d clients reconnected, the killed instance held %d (%s)" % (
         len(moved), on_victim, ", ".join("%s: %d connections" % (c.name, c.connects) for c in clients))
     assert sum(now) == len(clients), "after the kill the survivors hold %r of %d clients" % (now, len(clients))
@@ -260,8 +271,8 @@ async def scenario(front, instances, table, transports):
         m = re.search(r"^pgcdc_resumes_total (\d+)$", body, re.M)
         resumes += int(m.group(1)) if m else 0
     assert resumes >= on_victim, "survivors counted %d resumes, %d clients moved" % (resumes, on_victim)
-    return "killed pgcdc%d holding %d of %d clients after %d changes; all %d changes arrived once, in order" % (
-        victim + 1, on_victim, len(clients), killed_at, ROWS)
+    return "killed pgcdc%d holding %d of %d clients (%s) after %d changes; all %d changes arrived once, in order" % (
+        victim + 1, on_victim, len(clients), ", ".join(c.name for c in moved), killed_at, ROWS)
 
 
 def t_scaleout():
