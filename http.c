@@ -137,7 +137,7 @@ static int same_origin(slice o, slice host)
     return 1;
 }
 
-int http_origin_check(const http_req *r, const char *allowed)
+int http_origin_check(const http_req *r, const word_list *allowed)
 {
     if (r->norigin == 0)
         return 0;
@@ -145,13 +145,7 @@ int http_origin_check(const http_req *r, const char *allowed)
         return -1;
     if (r->nhost == 1 && same_origin(r->origin, r->host))
         return 1;
-    for (const char *s = allowed; s && *s; ) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *t = trim(s, &n);
-        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
-            return 1;
-        s = comma ? comma + 1 : NULL;
-    }
+    if (word_list_has(allowed, "*", 1) || word_list_has(allowed, r->origin.p, r->origin.n))
+        return 1;
     return -1;
 }

@@ -200,7 +200,22 @@ typedef struct config {
     jwks *keys;              /* the RSA keys read from jwt_keys */
     rule *rules;             /* [rules] */
     unsigned nrules;
+
+    /* the lists above, parsed once when set: slices of their strings */
+    table_pat *table_pats;   /* tables */
+    unsigned ntable_pats;
+    struct w2j_opt *w2j_opts;   /* wal2json_options */
+    unsigned nw2j_opts;
+    word_list origins;       /* allowed_origins */
+    word_list proxies;       /* trusted_proxies */
 } config;
+
+/* One name=value of wal2json_options, both trimmed. */
+typedef struct w2j_opt {
+    slice name, value;
+} w2j_opt;
+
+static int config_list(const char *key, config *c, char *err, size_t errlen);
 
 static void config_defaults(config *c)
 {
@@ -216,10 +231,12 @@ static void config_defaults(config *c)
     c->ping_interval = 25;
     c->demo_page = 1;
     c->history = 67108864;
+    config_list("wal2json_options", c, NULL, 0);
 }
 
 static void config_free(config *c)
 {
+    free(c->table_pats); free(c->w2j_opts); free(c->origins.v); free(c->proxies.v);
     free(c->conninfo); free(c->slot); free(c->tables);
     free(c->wal2json_options); free(c->listen); free(c->allowed_origins);
     free(c->token); free(c->trusted_proxies); free(c->grant_secret);
@@ -324,23 +341,35 @@ static const char *reserved_w2j[] = {
 };
 #define NRESERVED_W2J (sizeof reserved_w2j / sizeof reserved_w2j[0])
 
-/* Checks wal2json_options: name=value pairs, none of the reserved names. */
-static int check_w2j_options(const char *v, char *err, size_t errlen)
+/* Elements in a comma list: room for the parsed form. */
+static size_t list_room(const char *s)
 {
-    const char *s = v;
-    while (*s) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *item = trim(s, &n);
-        const char *eq = memchr(item, '=', n);
-        if (n == 0 && !comma && s == v)
-            return 0;   /* empty value: no extra options */
-        if (!eq || eq == item) {
-            snprintf(err, errlen, "expected name=value, got \"%.*s\"", (int)n, item);
+    size_t n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
+
+/* wal2json_options: name=value pairs, none of the reserved names; an empty
+ * value (or one trailing comma) adds nothing. */
+static int parse_w2j_options(config *c, char *err, size_t errlen)
+{
+    const char *v = c->wal2json_options;
+    list_iter it;
+    slice e;
+    c->nw2j_opts = 0;
+    c->w2j_opts = xrealloc(c->w2j_opts, list_room(v) * sizeof *c->w2j_opts);
+    list_begin(&it, v, strlen(v), 0);
+    while (list_next(&it, &e)) {
+        const char *eq = memchr(e.p, '=', e.n);
+        if (e.n == 0 && it.last)
+            break;
+        if (!eq || eq == e.p) {
+            snprintf(err, errlen, "expected name=value, got \"%.*s\"", (int)e.n, e.p);
             return -1;
         }
-        size_t nn = (size_t)(eq - item);
-        const char *name = trim(item, &nn);
+        size_t nn = (size_t)(eq - e.p), vn = e.n - nn - 1;
+        const char *name = trim(e.p, &nn), *val = trim(eq + 1, &vn);
         for (size_t i = 0; i < NRESERVED_W2J; i++)
             if (ieq(name, nn, reserved_w2j[i])) {
                 snprintf(err, errlen, "\"%s\" is set by pgcdc itself and cannot be given", reserved_w2j[i]);
@@ -351,44 +380,55 @@ static int check_w2j_options(const char *v, char *err, size_t errlen)
                 snprintf(err, errlen, "bad option name \"%.*s\"", (int)nn, name);
                 return -1;
             }
-        if (!comma)
-            break;
-        s = comma + 1;
+        c->w2j_opts[c->nw2j_opts++] = (w2j_opt){ { name, nn }, { val, vn } };
     }
     return 0;
 }
 
 /* tables: wal2json add-tables elements, each schema.table (either may be
  * '*'), with backslash escapes for ',', '.' and '*'. */
-static int check_tables(const char *v, char *err, size_t errlen)
+static int parse_tables(config *c, char *err, size_t errlen)
 {
-    const char *s = v;
-    for (;;) {
-        size_t i = 0, dot = 0;
-        int ndots = 0;
-        while (s[i] && s[i] != ',') {
-            if (s[i] == '\\' && s[i + 1]) {
-                i += 2;
-                continue;
-            }
-            if (s[i] == '.') {
-                ndots++;
-                dot = i;
-            }
-            i++;
-        }
-        size_t n = i;
-        const char *e = trim(s, &n);
-        size_t lead = (size_t)(e - s);
-        if (n == 0 || ndots != 1 || dot == lead || dot + 1 >= lead + n) {
+    list_iter it;
+    slice e;
+    c->ntable_pats = 0;
+    c->table_pats = xrealloc(c->table_pats, list_room(c->tables) * sizeof *c->table_pats);
+    list_begin(&it, c->tables, strlen(c->tables), 1);
+    while (list_next(&it, &e)) {
+        table_pat *t = &c->table_pats[c->ntable_pats];
+        if (e.n == 0 || table_pat_of(e, t) != 1 || t->schema.n == 0 || t->table.n == 0) {
             snprintf(err, errlen, "each element must be schema.table (either may be *), got \"%.*s\"",
-                     (int)(n > 100 ? 100 : n), e);
+                     (int)(e.n > 100 ? 100 : e.n), e.p);
             return -1;
         }
-        if (!s[i])
-            return 0;
-        s += i + 1;
+        c->ntable_pats++;
     }
+    return 0;
+}
+
+/* allowed_origins and trusted_proxies: their non-empty elements. */
+static void parse_words(const char *v, word_list *w)
+{
+    free(w->v);
+    if (word_list_parse(v, w)) {
+        log_error("out of memory");
+        exit(2);
+    }
+}
+
+/* Parses the list setting key (already stored in c), once, into its
+ * array.  Returns 0, or -1 with the reason in err. */
+static int config_list(const char *key, config *c, char *err, size_t errlen)
+{
+    if (!strcmp(key, "tables"))
+        return parse_tables(c, err, errlen);
+    if (!strcmp(key, "wal2json_options"))
+        return parse_w2j_options(c, err, errlen);
+    if (!strcmp(key, "trusted_proxies"))
+        parse_words(c->trusted_proxies, &c->proxies);
+    if (!strcmp(key, "allowed_origins"))
+        parse_words(c->allowed_origins, &c->origins);
+    return 0;
 }
 
 #define SECRET_MIN 16   /* bytes of token and grant_secret */
@@ -511,12 +551,6 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
             snprintf(err, errlen, "expected host:port, [v6]:port or :port, got \"%.100s\"", v);
             return -1;
         }
-    } else if (!strcmp(k->name, "tables")) {
-        if (check_tables(v, err, errlen))
-            return -1;
-    } else if (!strcmp(k->name, "wal2json_options")) {
-        if (check_w2j_options(v, err, errlen))
-            return -1;
     } else if (!strcmp(k->name, "conninfo")) {
         if (check_conninfo(v, err, errlen))
             return -1;
@@ -544,7 +578,7 @@ static int check_value(const keydef *k, const char *v, config *c, char *err, siz
     char **sp = (char **)field;
     free(*sp);
     *sp = xstrndup(v, strlen(v));
-    return 0;
+    return config_list(k->name, c, err, errlen);
 }
 
 /* One [rules] line: table = rule.  Returns 0, or -1 after printing the
@@ -1002,11 +1036,19 @@ static void waiting_del(client *c);
 #define TOKS_MAX 65536
 #define COLS_MAX 4096
 #define REQ_MAX 8192
-#define REQUEST_TIMEOUT_MS 10000
-#define CLOSE_TIMEOUT_MS 5000
-#define DRAIN_TIMEOUT_MS 30000
-#define LINGER_MS 2000
-#define TABLE_CACHE_MS 5000
+/* Times, in milliseconds. */
+#define TICK_MS 100               /* the loop's longest sleep, and its timer step */
+#define REQUEST_TIMEOUT_MS 10000  /* a request head must arrive within */
+#define CLOSE_TIMEOUT_MS 5000     /* a closing client must answer the close */
+#define DRAIN_TIMEOUT_MS 30000    /* ... or, with bytes still queued, drain first */
+#define LINGER_MS 2000            /* after an HTTP answer, before closing */
+#define TABLE_CACHE_MS 5000       /* the catalog's "table exists" is trusted */
+#define CATALOG_TIMEOUT_MS 10000  /* the catalog connection must connect or answer */
+#define CATALOG_RETRY_MS 1000     /* after it fails, before connecting again */
+#define CONNECT_TIMEOUT_MS 30000  /* the replication handshake must finish */
+#define SHUTDOWN_MS 3000          /* on SIGTERM, for clients to take their 1001 */
+#define ACCEPT_PAUSE_MS 100       /* out of descriptors: accept again after */
+#define LOG_EVERY_MS 10000        /* a repeated warning is logged at most this often */
 #define WAITING_MAX 1024     /* connections with an unfinished request */
 #define PEER_WAITING_MAX 64  /* ... from one peer address */
 
@@ -1917,17 +1959,7 @@ static void cat_tick(void);
 /* Is the peer a configured trusted proxy? */
 static int trusted_peer(const char *addr)
 {
-    const char *s = S.cfg.trusted_proxies;
-    size_t an = strlen(addr);
-    while (s && *s) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *t = trim(s, &n);
-        if (n == an && !memcmp(t, addr, n))
-            return 1;
-        s = comma ? comma + 1 : NULL;
-    }
-    return 0;
+    return word_list_has(&S.cfg.proxies, addr, strlen(addr));
 }
 
 /* The client address for logs: from X-Forwarded-For when the peer is a
@@ -1960,6 +1992,17 @@ static void client_addr_from_xff(client *c, slice xff)
             break;
         n = k - 1;
     }
+}
+
+/* Is schema.name in the tables setting (all when it is unset)? */
+static int tables_streamed(const char *schema, const char *name)
+{
+    if (!S.cfg.tables)
+        return 1;
+    for (unsigned i = 0; i < S.cfg.ntable_pats; i++)
+        if (table_pat_match(&S.cfg.table_pats[i], schema, name))
+            return 1;
+    return 0;
 }
 
 static int grant_check(client *c, const spec *sp);
@@ -2167,7 +2210,7 @@ static int sse_request(client *c, http_req *r)
     }
     /* allowed, and not the server's own (which the Origin policy alone,
      * with no list, accepts) */
-    if (http_origin_check(r, S.cfg.allowed_origins) > 0 && http_origin_check(r, NULL) < 0 && r->origin.n <= 200)
+    if (http_origin_check(r, &S.cfg.origins) > 0 && http_origin_check(r, NULL) < 0 && r->origin.n <= 200)
         c->cors = xstrndup(r->origin.p, r->origin.n);
     if (r->nleid > 1) {
         http_error(c, 400, NULL, "more than one Last-Event-ID header");
@@ -2228,7 +2271,7 @@ static void handle_ws_request(client *c, http_req *r)
 checks:;
     /* from here on, a browser (an allowed Origin) reads refusals as close
      * codes (ws_refuse) */
-    int origin = http_origin_check(r, S.cfg.allowed_origins);
+    int origin = http_origin_check(r, &S.cfg.origins);
     c->browser = (uint8_t)(origin > 0 && !c->sse);   /* SSE: plain statuses */
     int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
     if (!perr && r->nleid && r->leid.n) {
@@ -2289,7 +2332,7 @@ checks:;
                    pd->leid ? "Last-Event-ID" : "since", pd->prm.since);
         return;
     }
-    if (!tables_allow(S.cfg.tables, sp->schema, sp->table)) {
+    if (!tables_streamed(sp->schema, sp->table)) {
         http_error(c, 403, NULL, "table %s.%s is not in the tables this server streams", sp->schema, sp->table);
         return;
     }
@@ -2597,7 +2640,7 @@ static void cat_down(const char *why)
     S.cat.conn = NULL;
     S.cat.state = CAT_DOWN;
     S.pfd[SLOT_CAT].fd = -1;
-    S.cat.retry = S.now + 1000;
+    S.cat.retry = S.now + CATALOG_RETRY_MS;
     /* nobody can be answered now: refuse the waiting upgrades */
     while (S.cat.lk_head) {
         lookup *l = S.cat.lk_head;
@@ -2657,8 +2700,10 @@ static void lookup_start(client *c, spec *sp)
 
 static void cat_tick(void)
 {
-    if ((S.cat.state == CAT_CONNECTING || S.cat.state == CAT_BUSY) && S.now - S.cat.since > 10000) {
-        cat_down("no answer from the database within 10 s");
+    if ((S.cat.state == CAT_CONNECTING || S.cat.state == CAT_BUSY) && S.now - S.cat.since > CATALOG_TIMEOUT_MS) {
+        char m[64];
+        snprintf(m, sizeof m, "no answer from the database within %d s", CATALOG_TIMEOUT_MS / 1000);
+        cat_down(m);
         return;
     }
     if (S.cat.state == CAT_DOWN && S.cat.lk_head && S.now >= S.cat.retry) {
@@ -2923,201 +2968,258 @@ static void sb_quote(sbuf *b, const char *s, size_t n)
     sb_add(b, "'", 1);
 }
 
-static void start_replication(void)
+/* ---- the handshake: one step per state ---- */
+
+/* Each state of the handshake sends one command on entry and checks each of
+ * its results; once the last result is in, the step says which state comes
+ * next (R_WAIT: it tore the connection down itself). */
+
+static void cmd_identify(sbuf *b)
 {
-    sbuf b = { 0 };
-    sb_printf(&b, "START_REPLICATION SLOT \"%s\" LOGICAL 0/0 (\"format-version\" '2', "
-              "\"include-lsn\" '1', \"include-transaction\" '1', \"include-xids\" '1'", S.cfg.slot);
-    if (S.cfg.tables) {
-        sb_add(&b, ", \"add-tables\" ", 15);
-        sb_quote(&b, S.cfg.tables, strlen(S.cfg.tables));
-    }
-    const char *s = S.cfg.wal2json_options;
-    while (s && *s) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *item = trim(s, &n);
-        const char *eq = memchr(item, '=', n);
-        if (eq) {
-            size_t nn = (size_t)(eq - item), vn = n - nn - 1;
-            const char *name = trim(item, &nn), *val = trim(eq + 1, &vn);
-            sb_printf(&b, ", \"%.*s\" ", (int)nn, name);
-            sb_quote(&b, val, vn);
-        }
-        s = comma ? comma + 1 : NULL;
-    }
-    sb_add(&b, ")", 1);
-    S.repl.state = R_START;
-    repl_send("START_REPLICATION", b.p);
-    free(b.p);
+    sb_add(b, "IDENTIFY_SYSTEM", 15);
 }
 
-/* A command's result arrived in state S.repl.state. */
-static int repl_result(PGresult *res)
+static int check_identify(PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
+        repl_fail("IDENTIFY_SYSTEM", res);
+        return -1;
+    }
+    if (PQgetisnull(res, 0, 3)) {
+        log_error("replication: the connection has no database: conninfo must name one (dbname=...); retrying in %d s",
+                  S.repl.backoff);
+        repl_teardown();
+        return -1;
+    }
+    if (stream_id(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 3), S.cfg.tables, S.cfg.wal2json_options,
+                  S.repl.stream)) {
+        log_error("out of memory computing the stream identity");
+        exit(2);
+    }
+    return 0;
+}
+
+static enum rstate next_identify(void)
+{
+    return R_SET;
+}
+
+static void cmd_set(sbuf *b)
+{
+    sb_add(b, pin_settings, strlen(pin_settings));
+}
+
+static int check_set(PGresult *res)
 {
     ExecStatusType st = PQresultStatus(res);
-    char cmd[256];
-    switch (S.repl.state) {
-    case R_IDENTIFY:
-        if (st != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
-            repl_fail("IDENTIFY_SYSTEM", res);
-            return -1;
-        }
-        if (PQgetisnull(res, 0, 3)) {
-            log_error("replication: the connection has no database: conninfo must name one (dbname=...); retrying in %d s",
-                      S.repl.backoff);
-            repl_teardown();
-            return -1;
-        }
-        if (stream_id(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 3), S.cfg.tables, S.cfg.wal2json_options,
-                      S.repl.stream)) {
-            log_error("out of memory computing the stream identity");
-            exit(2);
-        }
-        return 0;
-    case R_SET:
-        if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1) {
-            S.repl.in_recovery = !strcmp(PQgetvalue(res, 0, 0), "t");
-            return 0;
-        }
-        if (st != PGRES_COMMAND_OK) {
-            repl_fail("pinning session settings", res);
-            return -1;
-        }
-        return 0;
-    case R_SLOTINFO:
-        if (st != PGRES_TUPLES_OK) {
-            repl_fail("looking up the slot", res);
-            return -1;
-        }
-        if (PQntuples(res) == 1) {
-            const char *plugin = PQgetvalue(res, 0, 1);
-            const char *walst = PQgetvalue(res, 0, 2);
-            const char *db_ok = PQgetvalue(res, 0, 3);
-            if (strcmp(plugin, "wal2json")) {
-                log_error("replication: slot \"%s\" exists with plugin \"%s\", not wal2json; "
-                          "use another slot name or drop it; retrying in %d s", S.cfg.slot, plugin, S.repl.backoff);
-                repl_teardown();
-                return -1;
-            }
-            if (strcmp(db_ok, "t")) {
-                log_error("replication: slot \"%s\" belongs to another database; use another slot name; retrying in %d s",
-                          S.cfg.slot, S.repl.backoff);
-                repl_teardown();
-                return -1;
-            }
-            if (!strcmp(walst, "lost")) {
-                log_error("replication: slot \"%s\" was invalidated (it exceeded max_slot_wal_keep_size); drop it "
-                          "with SELECT pg_drop_replication_slot('%s'); retrying in %d s", S.cfg.slot, S.cfg.slot, S.repl.backoff);
-                repl_teardown();
-                return -1;
-            }
-            uint64_t cf = 0;
-            if (!PQgetisnull(res, 0, 0))
-                lsn_parse(PQgetvalue(res, 0, 0), strlen(PQgetvalue(res, 0, 0)), &cf);
-            S.repl.slot_confirmed = cf;
-            S.repl.slot_found = 1;
-        }
-        return 0;
-    case R_CREATE:
-        if (st != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-            repl_fail("CREATE_REPLICATION_SLOT", res);
-            return -1;
-        }
-        lsn_parse(PQgetvalue(res, 0, 1), strlen(PQgetvalue(res, 0, 1)), &S.repl.slot_confirmed);
-        log_info("replication: created %s slot \"%s\" at %s", S.cfg.temporary_slot ? "temporary" : "persistent",
-                 S.cfg.slot, PQgetvalue(res, 0, 1));
-        return 0;
-    case R_START:
-        if (st == PGRES_COPY_BOTH)
-            return 0;
-        repl_fail("START_REPLICATION", res);
-        return -1;
-    default:
-        (void)cmd;
+    if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1) {
+        S.repl.in_recovery = !strcmp(PQgetvalue(res, 0, 0), "t");
         return 0;
     }
+    if (st != PGRES_COMMAND_OK) {
+        repl_fail("pinning session settings", res);
+        return -1;
+    }
+    return 0;
+}
+
+static enum rstate next_set(void)
+{
+    if (S.repl.in_recovery && PQserverVersion(S.repl.conn) < 160000) {
+        log_error("replication: the server is a standby (in recovery) running PostgreSQL %s, which cannot "
+                  "decode on a standby (PostgreSQL 16 and later can): point conninfo at the primary; "
+                  "retrying in %d s", S.repl.server_version, S.repl.backoff);
+        repl_teardown();
+        return R_WAIT;
+    }
+    if (S.repl.in_recovery)
+        log_info("replication: the server is a standby (PostgreSQL %s): decoding there; the primary needs "
+                 "wal_level = logical on the primary and here, hot_standby_feedback = on with a physical slot "
+                 "keeps the slot valid, and creating a slot waits for the primary's next running-transactions "
+                 "record (SELECT pg_log_standby_snapshot() on the primary sends one)", S.repl.server_version);
+    /* a temporary slot is always new; a persistent one may exist */
+    return S.cfg.temporary_slot ? R_CREATE : R_SLOTINFO;
+}
+
+static void cmd_slotinfo(sbuf *b)
+{
+    S.repl.slot_found = 0;
+    sb_printf(b, "SELECT confirmed_flush_lsn, plugin, wal_status, database = current_database() "
+              "FROM pg_catalog.pg_replication_slots WHERE slot_name = '%s'", S.cfg.slot);
+}
+
+static int check_slotinfo(PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        repl_fail("looking up the slot", res);
+        return -1;
+    }
+    if (PQntuples(res) != 1)
+        return 0;
+    const char *plugin = PQgetvalue(res, 0, 1);
+    const char *walst = PQgetvalue(res, 0, 2);
+    const char *db_ok = PQgetvalue(res, 0, 3);
+    if (strcmp(plugin, "wal2json")) {
+        log_error("replication: slot \"%s\" exists with plugin \"%s\", not wal2json; "
+                  "use another slot name or drop it; retrying in %d s", S.cfg.slot, plugin, S.repl.backoff);
+        repl_teardown();
+        return -1;
+    }
+    if (strcmp(db_ok, "t")) {
+        log_error("replication: slot \"%s\" belongs to another database; use another slot name; retrying in %d s",
+                  S.cfg.slot, S.repl.backoff);
+        repl_teardown();
+        return -1;
+    }
+    if (!strcmp(walst, "lost")) {
+        log_error("replication: slot \"%s\" was invalidated (it exceeded max_slot_wal_keep_size); drop it "
+                  "with SELECT pg_drop_replication_slot('%s'); retrying in %d s", S.cfg.slot, S.cfg.slot, S.repl.backoff);
+        repl_teardown();
+        return -1;
+    }
+    uint64_t cf = 0;
+    if (!PQgetisnull(res, 0, 0))
+        lsn_parse(PQgetvalue(res, 0, 0), strlen(PQgetvalue(res, 0, 0)), &cf);
+    S.repl.slot_confirmed = cf;
+    S.repl.slot_found = 1;
+    return 0;
+}
+
+static enum rstate next_slotinfo(void)
+{
+    return S.repl.slot_found ? R_START : R_CREATE;   /* reuse it, or create it */
+}
+
+static void cmd_create(sbuf *b)
+{
+    sb_printf(b, "CREATE_REPLICATION_SLOT \"%s\" %sLOGICAL \"wal2json\" NOEXPORT_SNAPSHOT", S.cfg.slot,
+              S.cfg.temporary_slot ? "TEMPORARY " : "");
+}
+
+static int check_create(PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        repl_fail("CREATE_REPLICATION_SLOT", res);
+        return -1;
+    }
+    lsn_parse(PQgetvalue(res, 0, 1), strlen(PQgetvalue(res, 0, 1)), &S.repl.slot_confirmed);
+    log_info("replication: created %s slot \"%s\" at %s", S.cfg.temporary_slot ? "temporary" : "persistent",
+             S.cfg.slot, PQgetvalue(res, 0, 1));
+    return 0;
+}
+
+static enum rstate next_create(void)
+{
+    return R_START;
+}
+
+static void cmd_start(sbuf *b)
+{
+    /* positions before what this slot can replay can no longer be served */
+    uint64_t from = S.repl.slot_confirmed;
+    if (!S.repl.ever || S.cfg.temporary_slot) {
+        if (pos_cmp(from, 0, S.hist.floor_lsn, S.hist.floor_idx) > 0) {
+            S.hist.floor_lsn = from;
+            S.hist.floor_idx = 0;
+        }
+    }
+    S.hist.floor_known = 1;
+    if (S.repl.confirmed < from)
+        S.repl.confirmed = from;
+    if (S.repl.processed < from)
+        S.repl.processed = from;
+    sb_printf(b, "START_REPLICATION SLOT \"%s\" LOGICAL 0/0 (\"format-version\" '2', "
+              "\"include-lsn\" '1', \"include-transaction\" '1', \"include-xids\" '1'", S.cfg.slot);
+    if (S.cfg.tables) {
+        sb_add(b, ", \"add-tables\" ", 15);
+        sb_quote(b, S.cfg.tables, strlen(S.cfg.tables));
+    }
+    for (unsigned i = 0; i < S.cfg.nw2j_opts; i++) {
+        const w2j_opt *o = &S.cfg.w2j_opts[i];
+        sb_printf(b, ", \"%.*s\" ", (int)o->name.n, o->name.p);
+        sb_quote(b, o->value.p, o->value.n);
+    }
+    sb_add(b, ")", 1);
+}
+
+static int check_start(PGresult *res)
+{
+    if (PQresultStatus(res) == PGRES_COPY_BOTH)
+        return 0;
+    repl_fail("START_REPLICATION", res);
+    return -1;
+}
+
+static enum rstate next_start(void)
+{
+    return R_STREAMING;
+}
+
+static const struct repl_step {
+    enum rstate state;
+    const char *what;                  /* the command, as the logs name it */
+    void (*command)(sbuf *b);          /* writes the command sent on entry */
+    int (*check)(PGresult *res);       /* each result: 0, or -1 (torn down) */
+    enum rstate (*next)(void);         /* after the last result */
+} repl_steps[] = {
+    { R_IDENTIFY, "IDENTIFY_SYSTEM", cmd_identify, check_identify, next_identify },
+    { R_SET, "pinning session settings", cmd_set, check_set, next_set },
+    { R_SLOTINFO, "looking up the slot", cmd_slotinfo, check_slotinfo, next_slotinfo },
+    { R_CREATE, "CREATE_REPLICATION_SLOT", cmd_create, check_create, next_create },
+    { R_START, "START_REPLICATION", cmd_start, check_start, next_start },
+};
+
+static const struct repl_step *repl_step_of(enum rstate st)
+{
+    for (size_t i = 0; i < sizeof repl_steps / sizeof repl_steps[0]; i++)
+        if (repl_steps[i].state == st)
+            return &repl_steps[i];
+    return NULL;
+}
+
+/* Enters state st: sends its command, or starts streaming. */
+static void repl_enter(enum rstate st)
+{
+    const struct repl_step *step = repl_step_of(st);
+    S.repl.state = st;
+    if (step) {
+        sbuf b = { 0 };
+        step->command(&b);
+        repl_send(step->what, b.p);
+        free(b.p);
+        return;
+    }
+    if (st != R_STREAMING)
+        return;
+    repl_watch(POLLIN);
+    if (S.repl.ever)
+        S.count.reconnects++;
+    log_info("replication: streaming from slot \"%s\" (confirmed %X/%X)", S.cfg.slot,
+             (unsigned)(S.repl.confirmed >> 32), (unsigned)S.repl.confirmed);
+    S.repl.ever = 1;
+    S.repl.backoff = 1;
+    S.repl.in_txn = 0;
+    S.repl.last_status_ms = S.now;
+    S.repl.last_txn_ms = S.now;
+    S.repl.rx_ms = S.now;
+}
+
+/* A result of the current command: 0, or -1 when the connection is gone. */
+static int repl_result(PGresult *res)
+{
+    const struct repl_step *step = repl_step_of(S.repl.state);
+    return step ? step->check(res) : 0;
 }
 
 /* All results of the current command are in: go to the next step. */
 static void repl_next(void)
 {
-    char cmd[512];
-    switch (S.repl.state) {
-    case R_IDENTIFY:
-        S.repl.state = R_SET;
-        repl_send("pinning session settings", pin_settings);
-        break;
-    case R_SET:
-        if (S.repl.in_recovery && PQserverVersion(S.repl.conn) < 160000) {
-            log_error("replication: the server is a standby (in recovery) running PostgreSQL %s, which cannot "
-                      "decode on a standby (PostgreSQL 16 and later can): point conninfo at the primary; "
-                      "retrying in %d s", S.repl.server_version, S.repl.backoff);
-            repl_teardown();
-            break;
-        }
-        if (S.repl.in_recovery)
-            log_info("replication: the server is a standby (PostgreSQL %s): decoding there; the primary needs "
-                     "wal_level = logical on the primary and here, hot_standby_feedback = on with a physical slot "
-                     "keeps the slot valid, and creating a slot waits for the primary's next running-transactions "
-                     "record (SELECT pg_log_standby_snapshot() on the primary sends one)", S.repl.server_version);
-        if (S.cfg.temporary_slot) {
-            S.repl.state = R_CREATE;
-            snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" TEMPORARY LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT",
-                     S.cfg.slot);
-            repl_send("CREATE_REPLICATION_SLOT", cmd);
-        } else {
-            S.repl.state = R_SLOTINFO;
-            S.repl.slot_found = 0;
-            snprintf(cmd, sizeof cmd, "SELECT confirmed_flush_lsn, plugin, wal_status, "
-                     "database = current_database() FROM pg_catalog.pg_replication_slots WHERE slot_name = '%s'",
-                     S.cfg.slot);
-            repl_send("looking up the slot", cmd);
-        }
-        break;
-    case R_SLOTINFO:
-        S.repl.state = R_CREATE;
-        if (S.repl.slot_found) {   /* reuse it: straight to streaming */
-            repl_next();
-            break;
-        }
-        snprintf(cmd, sizeof cmd, "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"wal2json\" NOEXPORT_SNAPSHOT", S.cfg.slot);
-        repl_send("CREATE_REPLICATION_SLOT", cmd);
-        break;
-    case R_CREATE: {
-        /* positions before what this slot can replay can no longer be served */
-        uint64_t from = S.repl.slot_confirmed;
-        if (!S.repl.ever || S.cfg.temporary_slot) {
-            if (pos_cmp(from, 0, S.hist.floor_lsn, S.hist.floor_idx) > 0) {
-                S.hist.floor_lsn = from;
-                S.hist.floor_idx = 0;
-            }
-        }
-        S.hist.floor_known = 1;
-        if (S.repl.confirmed < from)
-            S.repl.confirmed = from;
-        if (S.repl.processed < from)
-            S.repl.processed = from;
-        start_replication();
-        break;
-    }
-    case R_START:
-        S.repl.state = R_STREAMING;
-        repl_watch(POLLIN);
-        if (S.repl.ever)
-            S.count.reconnects++;
-        log_info("replication: streaming from slot \"%s\" (confirmed %X/%X)", S.cfg.slot,
-                 (unsigned)(S.repl.confirmed >> 32), (unsigned)S.repl.confirmed);
-        S.repl.ever = 1;
-        S.repl.backoff = 1;
-        S.repl.in_txn = 0;
-        S.repl.last_status_ms = S.now;
-        S.repl.last_txn_ms = S.now;
-        S.repl.rx_ms = S.now;
-        break;
-    default:
-        break;
-    }
+    const struct repl_step *step = repl_step_of(S.repl.state);
+    if (!step)
+        return;
+    enum rstate st = step->next();
+    if (st != R_WAIT)
+        repl_enter(st);
 }
 
 static void repl_status(void)
@@ -3369,8 +3471,7 @@ static void repl_event(short revents)
             const char *v = PQparameterStatus(S.repl.conn, "server_version");
             snprintf(S.repl.server_version, sizeof S.repl.server_version, "%s", v ? v : "?");
             log_info("replication: connected to PostgreSQL %s", S.repl.server_version);
-            S.repl.state = R_IDENTIFY;
-            repl_send("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM");
+            repl_enter(R_IDENTIFY);
         }
         return;
     }
@@ -3408,8 +3509,6 @@ static void repl_event(short revents)
         }
     }
 }
-
-#define CONNECT_TIMEOUT_MS 30000
 
 static void repl_tick(void)
 {
@@ -3622,7 +3721,7 @@ static void waiting_del(client *c)
 static void shed(client *c, const char *why)
 {
     S.count.shed++;
-    if (S.now - S.http.shed_logged >= 10000) {
+    if (S.now - S.http.shed_logged >= LOG_EVERY_MS) {
         log_warn("client %llu %s: closed, its request unfinished after %lld ms: %s%s",
                  (unsigned long long)c->id, c->addr, (long long)(S.now - (c->deadline - REQUEST_TIMEOUT_MS)),
                  why, S.http.shed_unlogged ? " (more were shed; see pgcdc_connections_shed_total)" : "");
@@ -3679,8 +3778,8 @@ static void accept_clients(int lslot)
                 /* the listeners stay readable: pause them, or the loop spins */
                 S.pfd[SLOT_LISTEN].events = 0;
                 S.pfd[SLOT_ADMIN].events = 0;
-                S.http.accept_paused = S.now + 100;
-                if (S.now - S.http.emfile_logged > 10000) {
+                S.http.accept_paused = S.now + ACCEPT_PAUSE_MS;
+                if (S.now - S.http.emfile_logged > LOG_EVERY_MS) {
                     log_warn("out of file descriptors (%s): raise the limit (ulimit -n)", strerror(errno));
                     S.http.emfile_logged = S.now;
                 }
@@ -3828,7 +3927,7 @@ static void begin_shutdown(void)
         S.http.admin_fd = -1;
         S.pfd[SLOT_ADMIN].fd = -1;
     }
-    S.stop_deadline = S.now + 3000;
+    S.stop_deadline = S.now + SHUTDOWN_MS;
 }
 
 /* The replication stream ended cleanly after CopyDone? */
@@ -3873,7 +3972,7 @@ static int run(void)
             if (done || S.now >= S.stop_deadline)
                 break;
         }
-        if (S.now - last_tick >= 100) {
+        if (S.now - last_tick >= TICK_MS) {
             last_tick = S.now;
             if (S.http.accept_paused && S.now >= S.http.accept_paused && S.http.listen_fd >= 0) {
                 S.http.accept_paused = 0;
@@ -3888,7 +3987,7 @@ static int run(void)
         }
         flush_dirty();
         graveyard_free();
-        int timeout = S.repl.more ? 0 : 100;
+        int timeout = S.repl.more ? 0 : TICK_MS;
         int n = poll(S.pfd, (nfds_t)S.npfd, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("poll: %s", strerror(errno));

@@ -276,8 +276,34 @@ int ieq(const char *s, size_t n, const char *word);
 /* Drops leading spaces/tabs and trailing spaces/tabs/CRs from s[0..*n);
  * returns the new start and stores the new length in *n. */
 const char *trim(const char *s, size_t *n);
+
+/* The one walker of comma-separated lists (header values, settings, change
+ * types).  Each element comes trimmed of spaces and tabs (and trailing CRs);
+ * empty elements are returned too (an empty list is one empty element), so
+ * each caller decides what they mean.  With escapes, a backslash keeps the
+ * next byte from ending an element (the backslash stays in it). */
+typedef struct list_iter {
+    const char *p;
+    size_t n;
+    uint8_t escapes;
+    uint8_t last;       /* the element just returned was the last */
+} list_iter;
+void list_begin(list_iter *it, const char *s, size_t n, int escapes);
+/* Stores the next element in *elem and returns 1, or returns 0 at the end. */
+int list_next(list_iter *it, slice *elem);
+/* A list setting split once: its non-empty elements, as slices of the
+ * string it was parsed from. */
+typedef struct word_list {
+    slice *v;
+    unsigned n;
+} word_list;
+/* Splits s (NULL: an empty list) into out; out->v is malloc'd (free it).
+ * Returns 0, or -1 when out of memory. */
+int word_list_parse(const char *s, word_list *out);
+/* Is s[0..n) exactly one of the elements? */
+int word_list_has(const word_list *l, const char *s, size_t n);
 /* Does a comma-separated token list (as in Connection:) hold word
- * (case-insensitive, elements trimmed)? */
+ * (case-insensitive)? */
 int has_token(const char *s, size_t n, const char *word);
 
 enum { SUB_INSERT = 1, SUB_UPDATE = 2, SUB_DELETE = 4, SUB_TRUNCATE = 8,
@@ -398,7 +424,17 @@ int num_parse(const char *s, size_t n, int lax, decnum *d);
 int num_cmp(const decnum *a, const decnum *b);
 /* Position of a change: commit LSN and index.  Parses "X/X:n"; 0 or -1. */
 int pos_parse(const char *s, size_t n, uint64_t *lsn, uint32_t *idx);
-/* Does "schema.table" match a wal2json add-tables list? */
+/* One element of a wal2json add-tables list: schema and table patterns,
+ * still backslash-escaped ("*" alone matches any name). */
+typedef struct table_pat {
+    slice schema, table;
+} table_pat;
+/* Splits an element (trimmed, escapes kept) at its first unescaped dot; with
+ * none, the schema is public.  Returns the number of unescaped dots. */
+size_t table_pat_of(slice elem, table_pat *out);
+/* Does schema.table match the pattern?  (An empty table never does.) */
+int table_pat_match(const table_pat *t, const char *schema, const char *table);
+/* Does "schema.table" match a wal2json add-tables list (NULL: all)? */
 int tables_allow(const char *list, const char *schema, const char *table);
 
 /* ==== http.c ============================================================= */
@@ -420,12 +456,12 @@ int http_parse(const char *b, size_t n, http_req *r);
  * all.  Start with *scanned = 0; it is advanced to n while no end is
  * found.  Returns the head's length, or 0 when it is not complete. */
 size_t http_head_end(const char *b, size_t n, size_t *scanned);
-/* The Origin policy (docs/protocol.md, [server] allowed_origins) for a
- * request: 0 no Origin header (not a browser); 1 allowed: the server's own origin
- * (its scheme-less host[:port] equals Host), or listed in allowed (a comma
- * list of exact values, or "*"; NULL: none); -1 refused (also for more
- * than one Origin header). */
-int http_origin_check(const http_req *r, const char *allowed);
+/* The Origin policy (docs/protocol.md, [server] allowed_origins) for a request:
+ * 0 no Origin header (not a browser); 1 allowed: the server's own origin
+ * (its scheme-less host[:port] equals Host), or listed in allowed (exact
+ * values, or "*"; NULL: none); -1 refused (also for more than one Origin
+ * header). */
+int http_origin_check(const http_req *r, const word_list *allowed);
 
 /* ==== stream.c =========================================================== */
 

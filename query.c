@@ -37,22 +37,69 @@ const char *trim(const char *s, size_t *n)
     return s;
 }
 
-/* Does a comma-separated token list (as in Connection:) hold word? */
+void list_begin(list_iter *it, const char *s, size_t n, int escapes)
+{
+    it->p = s;
+    it->n = n;
+    it->escapes = (uint8_t)(escapes != 0);
+    it->last = 0;
+}
+
+int list_next(list_iter *it, slice *elem)
+{
+    size_t i = 0;
+    if (it->last)
+        return 0;
+    while (i < it->n && it->p[i] != ',') {
+        if (it->escapes && it->p[i] == '\\' && i + 1 < it->n)
+            i++;
+        i++;
+    }
+    elem->n = i;
+    elem->p = trim(it->p, &elem->n);
+    if (i == it->n) {
+        it->last = 1;
+    } else {
+        it->p += i + 1;
+        it->n -= i + 1;
+    }
+    return 1;
+}
+
+int word_list_parse(const char *s, word_list *out)
+{
+    list_iter it;
+    slice e;
+    size_t room = 1;
+    out->n = 0;
+    for (const char *p = s ? s : ""; *p; p++)
+        room += *p == ',';
+    out->v = malloc(room * sizeof *out->v);
+    if (!out->v)
+        return -1;
+    list_begin(&it, s ? s : "", s ? strlen(s) : 0, 0);
+    while (list_next(&it, &e))
+        if (e.n)
+            out->v[out->n++] = e;
+    return 0;
+}
+
+int word_list_has(const word_list *l, const char *s, size_t n)
+{
+    for (unsigned i = 0; l && i < l->n; i++)
+        if (l->v[i].n == n && !memcmp(l->v[i].p, s, n))
+            return 1;
+    return 0;
+}
+
 int has_token(const char *s, size_t n, const char *word)
 {
-    while (n) {
-        size_t k = 0;
-        while (k < n && s[k] != ',')
-            k++;
-        size_t tn = k;
-        const char *t = trim(s, &tn);
-        if (ieq(t, tn, word))
+    list_iter it;
+    slice e;
+    list_begin(&it, s, n, 0);
+    while (list_next(&it, &e))
+        if (ieq(e.p, e.n, word))
             return 1;
-        if (k == n)
-            break;
-        s += k + 1;
-        n -= k + 1;
-    }
     return 0;
 }
 
@@ -320,35 +367,48 @@ static int w2j_part_match(const char *p, size_t n, const char *name)
     return name[j] == 0;
 }
 
+size_t table_pat_of(slice e, table_pat *out)
+{
+    size_t i, dots = 0, dot = 0;
+    for (i = 0; i < e.n; i++) {
+        if (e.p[i] == '\\' && i + 1 < e.n) {
+            i++;
+            continue;
+        }
+        if (e.p[i] == '.' && !dots++)
+            dot = i;
+    }
+    if (!dots) {
+        /* an unqualified name means public, as in SQL */
+        out->schema = (slice){ "public", 6 };
+        out->table = e;
+    } else {
+        out->schema = (slice){ e.p, dot };
+        out->table = (slice){ e.p + dot + 1, e.n - dot - 1 };
+    }
+    return dots;
+}
+
+int table_pat_match(const table_pat *t, const char *schema, const char *tbl)
+{
+    return t->table.n && w2j_part_match(t->schema.p, t->schema.n, schema) &&
+           w2j_part_match(t->table.p, t->table.n, tbl);
+}
+
 int tables_allow(const char *list, const char *schema, const char *tbl)
 {
-    const char *s = list;
+    list_iter it;
+    slice e;
+    table_pat t;
     if (!list)
         return 1;
-    for (;;) {
-        size_t i = 0, dot = (size_t)-1;
-        while (s[i] && s[i] != ',') {
-            if (s[i] == '\\' && s[i + 1]) {
-                i += 2;
-                continue;
-            }
-            if (s[i] == '.' && dot == (size_t)-1)
-                dot = i;
-            i++;
-        }
-        size_t n = i;
-        const char *e = trim(s, &n);
-        if (dot != (size_t)-1) {
-            size_t d = dot - (size_t)(e - s);
-            if (w2j_part_match(e, d, schema) && w2j_part_match(e + d + 1, n - d - 1, tbl))
-                return 1;
-        } else if (n && w2j_part_match(e, n, tbl) && !strcmp(schema, "public")) {
-            return 1;   /* an unqualified name means public, as in SQL */
-        }
-        if (!s[i])
-            return 0;
-        s += i + 1;
+    list_begin(&it, list, strlen(list), 1);
+    while (list_next(&it, &e)) {
+        table_pat_of(e, &t);
+        if (table_pat_match(&t, schema, tbl))
+            return 1;
     }
+    return 0;
 }
 
 /* ---- parsing a subscription ---- */
@@ -409,26 +469,21 @@ static long read_name(const char *s, size_t n, char stop, char *out, size_t *out
 
 static int parse_types(const char *s, size_t n, uint8_t *types)
 {
+    list_iter it;
+    slice e;
     *types = 0;
     if (n == 0)
         return -1;
-    for (;;) {
-        size_t k = 0;
-        while (k < n && s[k] != ',')
-            k++;
-        size_t tn = k;
-        const char *t = trim(s, &tn);
-        if (ieq(t, tn, "*")) *types |= SUB_ALL;
-        else if (ieq(t, tn, "insert")) *types |= SUB_INSERT;
-        else if (ieq(t, tn, "update")) *types |= SUB_UPDATE;
-        else if (ieq(t, tn, "delete")) *types |= SUB_DELETE;
-        else if (ieq(t, tn, "truncate")) *types |= SUB_TRUNCATE;
+    list_begin(&it, s, n, 0);
+    while (list_next(&it, &e)) {
+        if (ieq(e.p, e.n, "*")) *types |= SUB_ALL;
+        else if (ieq(e.p, e.n, "insert")) *types |= SUB_INSERT;
+        else if (ieq(e.p, e.n, "update")) *types |= SUB_UPDATE;
+        else if (ieq(e.p, e.n, "delete")) *types |= SUB_DELETE;
+        else if (ieq(e.p, e.n, "truncate")) *types |= SUB_TRUNCATE;
         else return -1;
-        if (k == n)
-            return 0;
-        s += k + 1;
-        n -= k + 1;
     }
+    return 0;
 }
 
 /* Splits an in-list into values; elements may be double-quoted with \" and

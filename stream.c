@@ -76,26 +76,16 @@ static int slice_cmp(const void *a, const void *b)
     return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 
-/* Splits s at its commas (not at "\," when escapes) into trimmed slices;
+/* Splits s at its commas (not at "\\," when escapes) into trimmed slices;
  * out has room for one more than the commas in s.  Returns the count. */
 static size_t split_commas(const char *s, int escapes, slice *out)
 {
+    list_iter it;
     size_t k = 0;
-    for (;;) {
-        size_t i = 0;
-        while (s[i] && s[i] != ',') {
-            if (escapes && s[i] == '\\' && s[i + 1])
-                i++;
-            i++;
-        }
-        size_t n = i;
-        const char *t = trim(s, &n);
-        out[k].p = t;
-        out[k++].n = n;
-        if (!s[i])
-            return k;
-        s += i + 1;
-    }
+    list_begin(&it, s, strlen(s), escapes);
+    while (list_next(&it, &out[k]))
+        k++;
+    return k;
 }
 
 int stream_id(const char *sysid, const char *dbname, const char *tables,

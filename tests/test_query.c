@@ -1060,6 +1060,82 @@ static void tables_cases(void)
     }
 }
 
+/* ==== list_iter ========================================================= */
+
+/* Each row: a list, whether backslash escapes, and its elements joined by
+ * '|' as the iterator returns them. */
+static const struct lcase {
+    int line;
+    const char *list;
+    int escapes;
+    const char *want;
+} lcases[] = {
+    { __LINE__, "", 0, "" },
+    { __LINE__, "a", 0, "a" },
+    { __LINE__, "a,b", 0, "a|b" },
+    { __LINE__, " a ,\tb\t, c\r", 0, "a|b|c" },
+    { __LINE__, "a,", 0, "a|" },
+    { __LINE__, ",a", 0, "|a" },
+    { __LINE__, "a,,b", 0, "a||b" },
+    { __LINE__, " , ", 0, "|" },
+    { __LINE__, "a\\,b", 0, "a\\|b" },
+    { __LINE__, "a\\,b", 1, "a\\,b" },
+    { __LINE__, "a\\\\,b", 1, "a\\\\|b" },
+    { __LINE__, "a\\", 1, "a\\" },
+    { __LINE__, "x.y\\,z,w", 1, "x.y\\,z|w" },
+};
+
+static void list_cases(void)
+{
+    for (size_t i = 0; i < sizeof lcases / sizeof lcases[0]; i++) {
+        const struct lcase *c = &lcases[i];
+        size_t n = strlen(c->list);
+        char *copy = malloc(n ? n : 1), got[128];
+        size_t o = 0;
+        list_iter it;
+        slice e;
+        memcpy(copy, c->list, n);   /* exact size: ASan sees a read past it */
+        list_begin(&it, copy, n, c->escapes);
+        for (int k = 0; list_next(&it, &e); k++) {
+            if (o + e.n + 2 >= sizeof got)
+                break;
+            if (k)
+                got[o++] = '|';
+            memcpy(got + o, e.p, e.n);
+            o += e.n;
+            if (k > 20)
+                break;
+        }
+        got[o] = 0;
+        if (strcmp(got, c->want))
+            FAIL_AT(c->line, "list \"%s\" (escapes %d): got \"%s\", expected \"%s\"", c->list, c->escapes,
+                    got, c->want);
+        if (list_next(&it, &e))
+            FAIL_AT(c->line, "list \"%s\": an element after the end", c->list);
+        free(copy);
+    }
+    CHECK(has_token("Upgrade", 7, "upgrade"));
+    CHECK(has_token("keep-alive, Upgrade", 19, "upgrade"));
+    CHECK(!has_token("keep-alive, Upgraded", 20, "upgrade"));
+    CHECK(!has_token("", 0, "upgrade"));
+}
+
+/* table_pat_of splits at the first unescaped dot and counts the dots. */
+static void table_pat_cases(void)
+{
+    table_pat t;
+    CHECK_EQ(table_pat_of((slice){ "s.t", 3 }, &t), 1);
+    CHECK(t.schema.n == 1 && t.schema.p[0] == 's' && t.table.n == 1 && t.table.p[0] == 't');
+    CHECK_EQ(table_pat_of((slice){ "my\\.s.t", 7 }, &t), 1);
+    CHECK(t.schema.n == 5 && t.table.n == 1);   /* my\.s, still escaped */
+    CHECK(table_pat_match(&t, "my.s", "t") && !table_pat_match(&t, "my", "s.t"));
+    CHECK_EQ(table_pat_of((slice){ "a.b.c", 5 }, &t), 2);
+    CHECK_EQ(table_pat_of((slice){ "orders", 6 }, &t), 0);
+    CHECK(table_pat_match(&t, "public", "orders") && !table_pat_match(&t, "sales", "orders"));
+    CHECK_EQ(table_pat_of((slice){ "", 0 }, &t), 0);
+    CHECK(!table_pat_match(&t, "public", ""));
+}
+
 /* ==== runner ============================================================ */
 
 void test_query(void)
@@ -1078,4 +1154,6 @@ void test_query(void)
     TEST("query: spec_match") match_cases();
     TEST("query: pos_parse") pos_cases();
     TEST("query: tables_allow") tables_cases();
+    TEST("query: list_iter and has_token") list_cases();
+    TEST("query: table_pat_of and table_pat_match") table_pat_cases();
 }
