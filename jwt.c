@@ -556,7 +556,7 @@ int jwt_verify(jwt *t, const char *tok, size_t n, const jwt_config *cfg,
         return fail(err, errlen, JWT_EMALFORMED, "token signature is not base64url");
     t->siglen = (size_t)l;
 
-    t->nhtok = json_strict(t->hdr, t->hlen, t->htok, JWT_MAX_TOKENS, 1,
+    t->nhtok = json_strict(t->hdr, t->hlen, t->htok, JWT_MAX_TOKENS, JWT_MAX_DEPTH,
                            "token header", err, errlen);
     if (t->nhtok < 0)
         return JWT_EMALFORMED;

@@ -276,6 +276,11 @@ static void test_refusals(void)
                              secret), &cfg, NOW), JWT_EALG);
         CHECK_EQ(verify(mint(buf, sizeof buf, "{\"typ\":\"JWT\"}", "{\"exp\":4102444800}",
                              secret), &cfg, NOW), JWT_EMALFORMED);
+        /* a key in the header is ignored, never used */
+        CHECK_EQ(verify(mint(buf, sizeof buf, "{\"alg\":\"HS256\",\"jwk\":{\"kty\":\"oct\",\"k\":\"AA\"}}",
+                             "{\"exp\":4102444800}", secret), &cfg, NOW), JWT_OK);
+        CHECK_EQ(verify(mint(buf, sizeof buf, "{\"alg\":\"HS256\",\"jwk\":{\"kty\":\"oct\",\"k\":\"AA\"}}",
+                             "{\"exp\":4102444800}", "\0"), &cfg, NOW), JWT_ESIG);
         CHECK_EQ(verify(mint(buf, sizeof buf, "{\"alg\":\"HS256\",\"crit\":[\"x\"]}",
                              "{\"exp\":4102444800}", secret), &cfg, NOW), JWT_EMALFORMED);
         /* HS/RS confusion: HS256 "signed" with the public key's text */
