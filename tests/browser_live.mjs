@@ -3,7 +3,8 @@
 //
 //   node browser_live.mjs eventsource|live-ws|live-sse
 //
-//   eventsource  a page's own EventSource on /sse receives rows; pgcdc is
+//   eventsource  a page's own EventSource on /sse receives rows; its
+//                connection is cut (a forwarder in between), then pgcdc is
 //                stopped (rows are inserted meanwhile) and started again
 //                with its persistent slot; the browser reconnects by itself
 //                with Last-Event-ID, and the page has every row exactly
@@ -18,7 +19,7 @@
 import { chromium } from "playwright-core";
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -52,6 +53,25 @@ function freePort() {
 }
 
 let port = 0;
+
+// A TCP forwarder to pgcdc whose connections cut() breaks, so the page's
+// connection can be cut with pgcdc running.
+const cutter = { socks: new Set(), port: 0 };
+function startCutter() {
+  const srv = createServer((a) => {
+    const b = connect(port, "127.0.0.1");
+    for (const [x, y] of [[a, b], [b, a]]) {
+      cutter.socks.add(x);
+      x.on("data", (d) => y.write(d));
+      x.on("close", () => { cutter.socks.delete(x); y.destroy(); });
+      x.on("error", () => y.destroy());
+    }
+  });
+  return new Promise((res) => srv.listen(0, "127.0.0.1", () => { cutter.port = srv.address().port; cutter.srv = srv; res(); }));
+}
+function cut() {
+  for (const x of cutter.socks) x.destroy();
+}
 async function startPgcdc(temporary) {
   const conf = join(dir, "pgcdc.config");
   writeFileSync(conf, `[postgres]
@@ -95,9 +115,14 @@ async function eventsource(page) {
   const ins = (a, b) => psql(`INSERT INTO ${table} SELECT generate_series(${a}, ${b})`);
   for (let i = 1; i <= 5; i++) ins(i, i);
   await until("rows 1..5", () => page.evaluate(() => window.got.length >= 5));
+  step = "cutting the connection";
+  cut();
+  ins(6, 8);
+  await until("the browser to reconnect by itself after the cut", () => page.evaluate(() => window.opens >= 2));
+  await until("rows 1..8", () => page.evaluate(() => window.got.length >= 8));
   step = "restarting pgcdc";
   await stopPgcdc();
-  ins(6, 10);
+  ins(9, 10);
   await startPgcdc(false);
   ins(11, 15);
   step = "waiting for the browser to reconnect and catch up";
@@ -112,7 +137,7 @@ async function eventsource(page) {
     throw new Error("rows " + JSON.stringify(ids));
   if (all.some(([id, v], k) => !id || (k && id === all[k - 1][0])))
     throw new Error("ids: " + JSON.stringify(all.map((x) => x[0])));
-  if (await page.evaluate(() => window.opens) < 2) throw new Error("no second open");
+  if (await page.evaluate(() => window.opens) < 3) throw new Error("fewer than three opens");
 }
 
 async function refusals(page) {
@@ -190,7 +215,7 @@ async function live(page, transport) {
 
 const NAMES = {
   "refusals": "pgcdc.js in Chromium reports 4400 (WebSocket) and 400 (SSE) with the server's reason and does not retry",
-  "eventsource": "EventSource in Chromium reconnects by itself after a pgcdc restart, every row once, in order",
+  "eventsource": "EventSource in Chromium reconnects by itself after a cut connection and a pgcdc restart, every row once, in order",
   "live-ws": "pgcdc.js live() over WebSocket in Chromium equals the table (burst, restart, 410, truncate)",
   "live-sse": "pgcdc.js live() over SSE (EventSource) in Chromium equals the table (burst, restart, 410, truncate)",
 };
@@ -203,7 +228,9 @@ try {
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true,
                                     args: ["--no-sandbox", "--disable-gpu", "--no-first-run"] });
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${port}/ping`);
+  await startCutter();
+  // the page (and so its EventSource) goes through the forwarder
+  await page.goto(`http://127.0.0.1:${mode === "eventsource" ? cutter.port : port}/ping`);
   if (mode === "eventsource") await eventsource(page);
   else if (mode === "refusals") await refusals(page);
   else await live(page, mode === "live-sse" ? "sse" : "ws");
@@ -214,6 +241,8 @@ try {
 } finally {
   clearTimeout(timer);
   if (browser) await browser.close().catch(() => {});
+  cut();
+  if (cutter.srv) cutter.srv.close();
   await stopPgcdc();
   try { psql(`DROP TABLE IF EXISTS ${table}`); } catch (e) { /* best effort */ }
   try { psql(`SELECT pg_drop_replication_slot('${slot}')`); } catch (e) { /* best effort */ }
