@@ -53,6 +53,10 @@ function freePort() {
 }
 
 let port = 0;
+// status_interval = 15 in the config: an idle database lets pgcdc confirm
+// the server's WAL end after status_interval (docs/protocol.md,
+// Replication), which after a restart makes the last position seen a 410;
+// these scenarios restart within seconds of their last change.
 
 // A TCP forwarder to pgcdc whose connections cut() breaks, so the page's
 // connection can be cut with pgcdc running.
@@ -78,7 +82,7 @@ async function startPgcdc(temporary) {
 conninfo = host=${process.env.PGHOST} port=${process.env.PGPORT} user=${process.env.PGUSER || "postgres"} dbname=${process.env.PGDATABASE || "postgres"}
 slot = ${temporary ? slot + "_tmp" : slot}
 temporary_slot = ${temporary ? "true" : "false"}
-status_interval = 1
+status_interval = 15
 reconnect_max = 2
 [server]
 listen = 127.0.0.1:${port}
