@@ -80,7 +80,8 @@ demo:
 	bash web/demo.sh
 
 # Fuzzers (clang, libFuzzer) for the frame decoder, the wal2json tokenizer,
-# the query parser and the HTTP request parser; FUZZ_SECONDS each.
+# the query parser, the HTTP request parser, and the JWT and JWKS parsers;
+# FUZZ_SECONDS each.
 fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash tests/fuzz.sh
 
