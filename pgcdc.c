@@ -208,6 +208,8 @@ typedef struct config {
     unsigned nw2j_opts;
     word_list origins;       /* allowed_origins */
     word_list proxies;       /* trusted_proxies */
+    int max_snapshots;
+    int snapshot_timeout;    /* seconds */
 } config;
 
 /* One name=value of wal2json_options, both trimmed. */
@@ -232,6 +234,8 @@ static void config_defaults(config *c)
     c->demo_page = 1;
     c->history = 67108864;
     config_list("wal2json_options", c, NULL, 0);
+    c->max_snapshots = 4;
+    c->snapshot_timeout = 300;
 }
 
 static void config_free(config *c)
@@ -281,6 +285,8 @@ static const keydef keydefs[] = {
     { "server", "jwt_keys", K_STR, KOFF(jwt_keys), 0, 0 },
     { "server", "jwt_issuer", K_STR, KOFF(jwt_issuer), 0, 0 },
     { "server", "jwt_audience", K_STR, KOFF(jwt_audience), 0, 0 },
+    { "server", "max_snapshots", K_INT, KOFF(max_snapshots), 1, 64 },
+    { "server", "snapshot_timeout", K_INT, KOFF(snapshot_timeout), 1, 86400 },
 };
 #define NKEYS (sizeof keydefs / sizeof keydefs[0])
 
@@ -752,6 +758,8 @@ typedef struct table table;
 typedef struct group group;
 typedef struct client client;
 typedef struct lookup lookup;
+typedef struct snapjob snapjob;
+typedef struct snapvis snapvis;
 
 /* Bytes to send: a change's frame (shared, reference-counted, maybe in the
  * history), or a per-client message (HTTP response, pong, close). */
@@ -786,6 +794,8 @@ struct table {
     char *schema, *name;
     uint32_t hash;
     int64_t verified;    /* when the catalog last said it exists (ms) */
+    int64_t priv_checked; /* when the catalog said whether ... */
+    uint8_t can_select;  /* ... pgcdc's role may SELECT it */
     group *groups;
     table *next;         /* hash chain */
 };
@@ -841,6 +851,10 @@ struct client {
     uint8_t sse;         /* transport: Server-Sent Events, not WebSocket */
     uint8_t sse_hold;    /* SSE: since not decidable yet, held open */
     char *cors;          /* SSE: Access-Control-Allow-Origin value, or NULL */
+    uint8_t snapping;    /* its snapshot's rows are not all sent yet */
+    uint8_t snap_replay; /* catching up after its snapshot */
+    snapjob *snap;       /* that snapshot, waiting or running */
+    snapvis *vis;        /* after it: what the snapshot saw, to skip */
     uint64_t id;
     char addr[48];
     client *wnext, *wprev;  /* request unfinished: the waiting list, oldest first */
@@ -950,6 +964,31 @@ typedef struct http_state {
     uint8_t rbuf[65536];      /* read buffer for upgraded clients */
 } http_state;
 
+/* Snapshot connections: down, connecting, pinning settings, idle, and
+ * the steps of one snapshot: the prologue (BEGIN, LOCK, snapshot, catalog),
+ * DECLARE, FETCH batches (or paused between them), COMMIT or ROLLBACK. */
+enum snapc_state { SC_DOWN, SC_CONNECTING, SC_SETUP, SC_IDLE, SC_PROLOGUE, SC_DECLARE,
+                   SC_FETCH, SC_PAUSED, SC_END };
+
+typedef struct snapconn {
+    PGconn *conn;
+    PGcancel *cancel;
+    enum snapc_state state;
+    int slot;                 /* poll slot */
+    snapjob *job;             /* the snapshot it runs */
+    int64_t since;            /* when the current step began (ms) */
+    int nres;                 /* results of the prologue so far */
+    int failed;               /* the current command failed ... */
+    char err[256];            /* ... with this message */
+} snapconn;
+
+typedef struct snap_state {
+    snapconn *conns;          /* max_snapshots of them */
+    snapjob *wait_head, *wait_tail;
+    unsigned waiting, active;
+    uint64_t total, rows, fail_query, fail_timeout, fail_overtaken;
+} snap_state;
+
 /* Counters behind /metrics. */
 typedef struct counters {
     uint64_t changes, frames, bytes, drop_slow, drop_proto, drop_timeout,
@@ -996,6 +1035,7 @@ typedef struct server {
     hist_state hist;
     repl_state repl;
     cat_conn cat;
+    snap_state snap;
     counters count;
 } server;
 
@@ -1398,7 +1438,8 @@ static void group_leave(client *c)
 #define SLOT_REPL 2
 #define SLOT_CAT 3
 #define SLOT_ADMIN 4
-#define SLOT_FIRST 5
+#define SLOT_SNAP 5          /* max_snapshots snapshot connections */
+#define SLOT_FIRST (SLOT_SNAP + S.cfg.max_snapshots)
 
 
 static void set_events(client *c)
@@ -1458,6 +1499,10 @@ static void q_clear(client *c, int changes_only)
  * queue past max_queue closes the client as a slow consumer. */
 static void client_queue(client *c, frame *f);
 static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply);
+static void snap_detach(client *c);
+static void snap_more(client *c);
+static int snap_hides(client *c, const frame *f);
+static void snap_request(client *c);
 
 static frame *frame_sse(frame *f);
 
@@ -1511,6 +1556,7 @@ static void client_queue(client *c, frame *f)
 
 static void client_free_mem(client *c)
 {
+    snap_detach(c);
     q_clear(c, 0);
     free(c->q);
     free(c->req);
@@ -1532,6 +1578,7 @@ static void client_close(client *c)
 {
     if (c->fd < 0)
         return;
+    snap_detach(c);
     if (c->counted)
         S.http.nclients--;
     waiting_del(c);
@@ -1601,6 +1648,7 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
     }
     if (c->sent_close || c->fd < 0)
         return;
+    snap_detach(c);
     q_clear(c, 1);
     size_t n = ws_close_frame(buf, code, reason);
     frame *f = frame_new(n);
@@ -1675,7 +1723,10 @@ static void client_write(client *c)
     }
     if (c->fd < 0)
         return;
-    int want = c->qn > 0 || c->replaying;   /* replaying: come back for more */
+    if (c->snap && c->qbytes < S.cfg.max_queue / 2)
+        snap_more(c);
+    /* replaying: come back for more (not while the snapshot's rows come) */
+    int want = c->qn > 0 || (c->replaying && !c->snapping);
     if (!c->qn && c->qcap > 64) {   /* give back a big ring once drained */
         free(c->q);
         c->q = NULL;
@@ -1745,15 +1796,23 @@ static void replay_fill(client *c)
 {
     size_t budget = S.cfg.max_queue / 2;
     int scan = 2048;   /* frames looked at per call: others get their turn */
-    if (!c->grp)
+    if (!c->grp || c->snapping)
         return;
     while (c->replaying && c->qbytes < budget && scan-- > 0) {
         if (c->cursor >= S.hist.next_seq) {
             c->replaying = 0;
+            c->snap_replay = 0;
             log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
             break;
         }
         frame *f = hist_at(c->cursor);
+        if (!f && c->snap_replay) {
+            log_info("client %llu %s: the history no longer holds the changes after its snapshot",
+                     (unsigned long long)c->id, c->addr);
+            S.snap.fail_overtaken++;
+            client_ws_close(c, WS_CLOSE_TRY_AGAIN, "snapshot overtaken", 1);
+            return;
+        }
         if (!f) {
             log_info("client %llu %s: fell behind the history while resuming", (unsigned long long)c->id,
                      c->addr);
@@ -1762,7 +1821,7 @@ static void replay_fill(client *c)
             return;
         }
         c->cursor++;
-        if (frame_matches(c, f) && !seen_already(c, f)) {
+        if (frame_matches(c, f) && !seen_already(c, f) && !snap_hides(c, f)) {
             if (!c->grp->sp->ncols) {
                 q_push(c, f);
             } else {
@@ -2332,6 +2391,19 @@ checks:;
                    pd->leid ? "Last-Event-ID" : "since", pd->prm.since);
         return;
     }
+    int snap = pd->prm.snapshot && !strcmp(pd->prm.snapshot, "1");
+    if (pd->prm.snapshot && !snap && strcmp(pd->prm.snapshot, "0")) {
+        http_error(c, 400, NULL, "snapshot must be 1 (or 0), got \"%.20s\"", pd->prm.snapshot);
+        return;
+    }
+    if (snap && pd->prm.since) {
+        http_error(c, 400, NULL, "snapshot=1 cannot be combined with since: a snapshot starts from the rows");
+        return;
+    }
+    if (snap && !S.cfg.history) {
+        http_error(c, 400, NULL, "snapshot needs the history (history = 0 in this server's configuration)");
+        return;
+    }
     if (!tables_streamed(sp->schema, sp->table)) {
         http_error(c, 403, NULL, "table %s.%s is not in the tables this server streams", sp->schema, sp->table);
         return;
@@ -2351,7 +2423,8 @@ checks:;
         return;
     }
     table *t = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 0);
-    if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS && !sp->ncols) {
+    if (t && t->verified && S.now - t->verified < TABLE_CACHE_MS && !sp->ncols &&
+        (!snap || S.now - t->priv_checked < TABLE_CACHE_MS)) {
         upgrade_finish(c);
         return;
     }
@@ -2390,6 +2463,15 @@ static void upgrade_finish(client *c)
 
     int hold = 0;
 
+    int snap = pd->prm.snapshot && !strcmp(pd->prm.snapshot, "1");
+    if (snap) {
+        table *st = table_get(sp->schema, strlen(sp->schema), sp->table, strlen(sp->table), 0);
+        if (!st || !st->can_select) {
+            http_error(c, 403, NULL, "snapshot=1 needs pgcdc's database role to SELECT %s.%s, and it may not",
+                       sp->schema, sp->table);
+            return;
+        }
+    }
     if (pd->prm.since) {
         if (!S.hist.floor_known && c->sse) {
             hold = 1;   /* EventSource would give up on a 503: wait, with pings */
@@ -2462,6 +2544,8 @@ static void upgrade_finish(client *c)
         c->since_lsn = slsn;
         c->since_idx = sidx;
     }
+    if (snap)
+        snap_request(c);
     params_free(&pd->prm);
     free(pd->sub);
     free(pd->leid);
@@ -2667,7 +2751,7 @@ static void cat_send(void)
     }
     const char *vals[2] = { S.cat.lk_head->schema, S.cat.lk_head->name };
     if (!PQsendQueryParams(S.cat.conn,
-            "SELECT a.attname FROM pg_catalog.pg_class c "
+            "SELECT a.attname, pg_catalog.has_table_privilege(c.oid, 'SELECT') FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
@@ -2778,6 +2862,7 @@ static void cat_event(void)
         }
         char mcol[160];
         snprintf(mcol, sizeof mcol, "%s", missing ? missing : "");
+        int can_select = exists && PQgetvalue(res, 0, 1)[0] == 't';
         PQclear(res);
         S.cat.lk_head = l->next;
         if (!S.cat.lk_head)
@@ -2786,6 +2871,8 @@ static void cat_event(void)
         if (exists) {
             table *t = table_get(l->schema, strlen(l->schema), l->name, strlen(l->name), 1);
             t->verified = S.now;
+            t->can_select = (uint8_t)can_select;
+            t->priv_checked = S.now;
         } else {
             missing_add(l->schema, l->name);
         }
@@ -3337,7 +3424,7 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
                 continue;
             for (client *c = g->members, *next; c; c = next) {
                 next = c->gnext;   /* a slow client leaves the group here */
-                if (!c->replaying)
+                if (!c->replaying && !snap_hides(c, f))
                     client_queue(c, gf);
             }
         }
@@ -3536,6 +3623,853 @@ static void repl_tick(void)
         repl_status();
 }
 
+/* ==== Snapshots ========================================================= */
+
+/* A snapshot (docs/protocol.md, Initial state) runs on one of max_snapshots
+ * ordinary connections, inside this loop like every other: BEGIN
+ * ISOLATION LEVEL REPEATABLE READ, READ ONLY; LOCK the table (so its
+ * columns cannot change under the query); pg_current_snapshot() and the
+ * WAL insert position; the columns and key from the catalog; then a
+ * cursor over the matching rows, fetched in batches while the client's
+ * queue is under half of max_queue.  Each row becomes an S message as
+ * wal2json would have written an insert of it (snapshot.c); then the E
+ * marker; then the history from the snapshot's start, without the
+ * transactions the snapshot saw, and the live stream. */
+
+#define SNAP_CURSOR "pgcdc_snapshot"
+#define SNAP_IDLE_MS 60000          /* an idle snapshot connection is closed after */
+#define SNAP_BATCH_MAX 10000        /* rows per FETCH at most */
+
+/* What a client skips after its snapshot: transactions the snapshot saw. */
+struct snapvis {
+    uint64_t xmin, xmax;
+    uint64_t wal;             /* commits at or after this LSN were not seen */
+    size_t nxip;
+    uint64_t xip[];
+};
+
+struct snapjob {
+    client *c;                /* NULL once the client has gone */
+    spec *sp;                 /* the client's subscription (its group owns it) */
+    snapjob *next;            /* wait queue */
+    int64_t started;          /* ms: when it was asked for */
+    int flags;                /* W2J_* rendering options */
+    uint64_t p0;              /* history sequence when the snapshot was asked */
+    uint64_t scan;            /* first history sequence it may not have seen */
+    snapvis *vis;
+    snap_col *cols;
+    unsigned ncols;
+    sbuf colmem;              /* the catalog's strings, NUL-separated */
+    sbuf *heads, *tails;      /* per column: its members around the value */
+    sbuf prefix;              /* {"action":"S","schema":...,"columns":[ */
+    sbuf key;                 /* ["id"] or null */
+    sbuf row;                 /* scratch: one message */
+    uint64_t rows;
+    unsigned batch;           /* rows to FETCH next */
+    double avg;               /* bytes per message so far */
+};
+
+static void snap_send_query(snapconn *sc, const char *q)
+{
+    if (!PQsendQuery(sc->conn, q)) {
+        snprintf(sc->err, sizeof sc->err, "%s", PQerrorMessage(sc->conn));
+        sc->failed = 1;
+    }
+    sc->since = S.now;
+}
+
+static void snap_watch(snapconn *sc)
+{
+    short ev = POLLIN;
+    if (sc->conn && PQflush(sc->conn) == 1)
+        ev |= POLLOUT;
+    S.pfd[sc->slot].fd = sc->conn ? PQsocket(sc->conn) : -1;
+    S.pfd[sc->slot].events = sc->conn ? ev : 0;
+}
+
+static void snap_job_free(snapjob *j)
+{
+    if (!j)
+        return;
+    free(j->vis);
+    free(j->cols);
+    free(j->colmem.p);
+    for (unsigned i = 0; j->heads && i < j->ncols; i++) {
+        free(j->heads[i].p);
+        free(j->tails[i].p);
+    }
+    free(j->heads);
+    free(j->tails);
+    free(j->prefix.p);
+    free(j->key.p);
+    free(j->row.p);
+    free(j);
+}
+
+/* Sends one message of a snapshot to the client (the transport frames it). */
+static void client_send_msg(client *c, const char *payload, size_t n)
+{
+    frame *f = frame_ws(WS_OP_TEXT, payload, n);
+    f->change = 1;            /* dropped, not sent, when the client is closed */
+    q_push(c, f);
+    frame_unref(f);
+}
+
+/* Ends the client's part in its snapshot (it leaves, or is being closed):
+ * a waiting snapshot is forgotten, a running one is cancelled and its
+ * transaction rolled back by the connection. */
+static void snap_detach(client *c)
+{
+    snapjob *j = c->snap;
+    free(c->vis);
+    c->vis = NULL;
+    c->snapping = 0;
+    if (!j)
+        return;
+    c->snap = NULL;
+    j->c = NULL;
+    for (snapjob **pp = &S.snap.wait_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (*pp != j)
+            continue;
+        *pp = j->next;
+        if (S.snap.wait_tail == j)
+            S.snap.wait_tail = prev;
+        S.snap.waiting--;
+        snap_job_free(j);
+        return;
+    }
+    /* running: the connection notices j->c == NULL (snap_conn_step) */
+    for (int i = 0; i < S.cfg.max_snapshots; i++) {
+        snapconn *sc = &S.snap.conns[i];
+        if (sc->job != j)
+            continue;
+        if (sc->state == SC_PROLOGUE || sc->state == SC_DECLARE || sc->state == SC_FETCH) {
+            /* a query is running: cancel it (a short blocking call; libpq
+             * before 17 has no other) and roll back once its result is in */
+            char e[256];
+            if (sc->cancel && !PQcancel(sc->cancel, e, sizeof e))
+                log_warn("snapshot: cancel request failed: %s", e);
+        } else if (sc->state == SC_PAUSED) {
+            sc->state = SC_END;
+            snap_send_query(sc, "ROLLBACK");
+            snap_watch(sc);
+        }
+    }
+}
+
+/* Fails a snapshot: closes its client with code and reason. */
+static void snap_fail(snapjob *j, unsigned code, const char *why, const char *reason)
+{
+    client *c = j->c;
+    if (!c)
+        return;
+    log_info("client %llu %s: snapshot of %s.%s: %s", (unsigned long long)c->id, c->addr, j->sp->schema,
+             j->sp->table, reason);
+    if (!strcmp(why, "query"))
+        S.snap.fail_query++;
+    else if (!strcmp(why, "timeout"))
+        S.snap.fail_timeout++;
+    else
+        S.snap.fail_overtaken++;
+    client_ws_close(c, code, reason, 1);   /* detaches the job */
+}
+
+static void snap_conn_down(snapconn *sc, const char *why)
+{
+    char r[300];
+    snprintf(r, sizeof r, "snapshot failed: %s", why);
+    if (sc->job) {
+        snapjob *j = sc->job;
+        sc->job = NULL;
+        S.snap.active--;
+        snap_fail(j, 1011, "query", r);
+        snap_job_free(j);
+    }
+    if (sc->cancel)
+        PQfreeCancel(sc->cancel);
+    if (sc->conn)
+        PQfinish(sc->conn);
+    sc->cancel = NULL;
+    sc->conn = NULL;
+    sc->state = SC_DOWN;
+    snap_watch(sc);
+    /* no connection left to run them: the waiting snapshots cannot start */
+    for (int i = 0; i < S.cfg.max_snapshots; i++)
+        if (S.snap.conns[i].state != SC_DOWN)
+            return;
+    while (S.snap.wait_head && strcmp(why, "idle"))
+        snap_fail(S.snap.wait_head, 1011, "query", r);   /* detaches it */
+}
+
+/* Server notices on a snapshot connection go to the debug log. */
+static void snap_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    log_debug("snapshot connection: %s", msg);
+}
+
+static void snap_connect(snapconn *sc)
+{
+    const char *keys[] = { "dbname", "fallback_application_name", NULL };
+    const char *vals[] = { S.cfg.conninfo, "pgcdc snapshot", NULL };
+    sc->conn = PQconnectStartParams(keys, vals, 1);
+    sc->since = S.now;
+    if (!sc->conn || PQstatus(sc->conn) == CONNECTION_BAD) {
+        char m[256];
+        redact_quoted(sc->conn ? PQerrorMessage(sc->conn) : "out of memory", m, sizeof m);
+        log_warn("snapshot connection: %s", m);
+        snap_conn_down(sc, "cannot connect to the database");
+        return;
+    }
+    PQsetnonblocking(sc->conn, 1);
+    PQsetNoticeProcessor(sc->conn, snap_notice, NULL);
+    sc->state = SC_CONNECTING;
+    S.pfd[sc->slot].fd = PQsocket(sc->conn);
+    S.pfd[sc->slot].events = POLLOUT;
+}
+
+static void snap_start(snapconn *sc, snapjob *j);
+
+/* Starts waiting snapshots on idle connections, connecting more as needed. */
+static void snap_kick(void)
+{
+    unsigned coming = 0;      /* connections on their way to idle */
+    for (int i = 0; i < S.cfg.max_snapshots; i++)
+        coming += S.snap.conns[i].state == SC_CONNECTING || S.snap.conns[i].state == SC_SETUP;
+    for (int i = 0; i < S.cfg.max_snapshots && S.snap.wait_head; i++) {
+        snapconn *sc = &S.snap.conns[i];
+        if (sc->state == SC_DOWN) {
+            if (coming < S.snap.waiting) {
+                coming++;
+                snap_connect(sc);   /* picks up a job once it is ready */
+            }
+            continue;
+        }
+        if (sc->state != SC_IDLE)
+            continue;
+        snapjob *j = S.snap.wait_head;
+        S.snap.wait_head = j->next;
+        if (!S.snap.wait_head)
+            S.snap.wait_tail = NULL;
+        S.snap.waiting--;
+        j->next = NULL;
+        snap_start(sc, j);
+    }
+}
+
+/* A client with snapshot=1 was just upgraded: queue its snapshot. */
+static void snap_request(client *c)
+{
+    snapjob *j = xmalloc(sizeof *j);
+    memset(j, 0, sizeof *j);
+    j->c = c;
+    j->sp = c->grp->sp;
+    j->started = S.now;
+    j->flags = w2j_render_flags(S.cfg.wal2json_options);
+    j->batch = 100;
+    c->snap = j;
+    c->snapping = 1;
+    c->replaying = 1;         /* not live until the history is caught up */
+    if (S.snap.wait_tail) S.snap.wait_tail->next = j;
+    else S.snap.wait_head = j;
+    S.snap.wait_tail = j;
+    S.snap.waiting++;
+    S.snap.total++;
+    snap_kick();
+}
+
+static void snap_start(snapconn *sc, snapjob *j)
+{
+    sbuf q = { 0 }, name = { 0 };
+    sc->job = j;
+    sc->nres = 0;
+    sc->failed = 0;
+    S.snap.active++;
+    /* the qualified name, as an identifier and as a regclass literal */
+    size_t a = sql_ident(NULL, 0, j->sp->schema), b = sql_ident(NULL, 0, j->sp->table);
+    sb_need(&name, a + b + 1);
+    name.n = sql_ident(name.p, a, j->sp->schema);
+    name.p[name.n++] = '.';
+    name.n += sql_ident(name.p + name.n, b, j->sp->table);
+    name.p[name.n] = 0;
+    char *lit = PQescapeLiteral(sc->conn, name.p, name.n);
+    if (!lit) {
+        char r[300];
+        snprintf(r, sizeof r, "snapshot failed: %s", PQerrorMessage(sc->conn));
+        free(name.p);
+        sc->job = NULL;
+        S.snap.active--;
+        snap_fail(j, 1011, "query", r);
+        snap_job_free(j);
+        return;
+    }
+    sb_printf(&q,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+        "LOCK TABLE ONLY %s IN ACCESS SHARE MODE;"
+        "SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_wal_insert_lsn()::text;"
+        "SELECT a.attname, CASE WHEN t.typtype = 'd' AND %s"
+        " THEN pg_catalog.format_type(t.typbasetype, t.typtypmod)"
+        " ELSE pg_catalog.format_type(a.atttypid, a.atttypmod) END,"
+        " a.atttypid, a.attnum, a.attnotnull, coalesce(co.collisdeterministic, true),"
+        " CASE WHEN a.atthasdef AND a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END"
+        " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+        " LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation"
+        " LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+        " WHERE a.attrelid = %s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped"
+        " ORDER BY a.attnum;"
+        "SELECT a.attname FROM (SELECT i.indrelid, i.indkey FROM pg_catalog.pg_index i"
+        " JOIN pg_catalog.pg_class c ON c.oid = i.indrelid"
+        " WHERE i.indrelid = %s::pg_catalog.regclass"
+        " AND (i.indisprimary OR (i.indisreplident AND c.relreplident = 'i'))"
+        " ORDER BY i.indisprimary DESC LIMIT 1) k"
+        " CROSS JOIN LATERAL unnest(k.indkey::pg_catalog.int2[]) WITH ORDINALITY u(attnum, ord)"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = u.attnum"
+        " ORDER BY u.ord",
+        name.p, (j->flags & W2J_DOMAIN_BASE) ? "true" : "false", lit, lit);
+    PQfreemem(lit);
+    free(name.p);
+    j->p0 = S.hist.next_seq;   /* everything decoded before this was committed before the snapshot */
+    sc->state = SC_PROLOGUE;
+    snap_send_query(sc, q.p);
+    free(q.p);
+    snap_watch(sc);
+    if (j->c)
+        log_debug("client %llu %s: snapshot of %s.%s started", (unsigned long long)j->c->id, j->c->addr,
+                  j->sp->schema, j->sp->table);
+}
+
+/* The first history sequence the snapshot may not have seen: everything
+ * decoded from p0 on, and any earlier transaction still in progress for the
+ * snapshot (its commit can be decoded before it shows as committed, for
+ * example while it waits for a synchronous standby). */
+static void snap_find_scan(snapjob *j)
+{
+    snapvis *v = j->vis;
+    j->scan = j->p0;
+    if (!v->nxip)
+        return;
+    for (uint64_t seq = j->p0; seq-- > S.hist.first_seq; ) {
+        frame *f = hist_at(seq);
+        uint64_t x = xid_widen(f->xid, v->xmax);
+        for (size_t i = 0; i < v->nxip; i++)
+            if (v->xip[i] == x)
+                j->scan = seq;
+    }
+}
+
+/* Does the client skip frame f, as its snapshot already had it? */
+static int snap_hides(client *c, const frame *f)
+{
+    snapvis *v = c->vis;
+    if (!v)
+        return 0;
+    if (f->lsn >= v->wal) {   /* committed after the snapshot: from here on all are new */
+        free(v);
+        c->vis = NULL;
+        return 0;
+    }
+    return xid_visible(f->xid, v->xmin, v->xmax, v->xip, v->nxip);
+}
+
+/* Result 3 of the prologue: pg_current_snapshot() and the WAL position. */
+static int snap_take_snapshot(snapjob *j, PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQnfields(res) != 2)
+        return -1;
+    const char *t = PQgetvalue(res, 0, 0);
+    size_t n = strlen(t), cap = 1;
+    for (size_t i = 0; i < n; i++)
+        cap += t[i] == ',';
+    snapvis *v = xmalloc(sizeof *v + cap * sizeof v->xip[0]);
+    long k = pgsnap_parse(t, n, &v->xmin, &v->xmax, v->xip, cap);
+    const char *w = PQgetvalue(res, 0, 1);
+    if (k < 0 || lsn_parse(w, strlen(w), &v->wal)) {
+        free(v);
+        return -1;
+    }
+    v->nxip = (size_t)k;
+    j->vis = v;
+    snap_find_scan(j);
+    return 0;
+}
+
+/* Result 4: the columns; their members around the value are built once. */
+static int snap_take_columns(snapjob *j, PGresult *res)
+{
+    unsigned n = (unsigned)PQntuples(res);
+    if (PQnfields(res) != 7)
+        return -1;
+    j->ncols = n;
+    j->cols = xmalloc((n ? n : 1) * sizeof *j->cols);
+    j->heads = xmalloc((n ? n : 1) * sizeof *j->heads);
+    j->tails = xmalloc((n ? n : 1) * sizeof *j->tails);
+    memset(j->heads, 0, (n ? n : 1) * sizeof *j->heads);
+    memset(j->tails, 0, (n ? n : 1) * sizeof *j->tails);
+    size_t *off = xmalloc((n ? n : 1) * 3 * sizeof *off);
+    for (unsigned i = 0; i < n; i++) {   /* strings first: colmem may move */
+        for (int k = 0; k < 3; k++) {
+            int field = k == 0 ? 0 : k == 1 ? 1 : 6;
+            off[i * 3 + k] = PQgetisnull(res, (int)i, field) ? (size_t)-1 : j->colmem.n;
+            if (off[i * 3 + k] != (size_t)-1) {
+                const char *s = PQgetvalue(res, (int)i, field);
+                sb_add(&j->colmem, s, strlen(s) + 1);
+            }
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        snap_col *c = &j->cols[i];
+        c->name = j->colmem.p + off[i * 3];
+        c->type = j->colmem.p + off[i * 3 + 1];
+        c->defexpr = off[i * 3 + 2] == (size_t)-1 ? NULL : j->colmem.p + off[i * 3 + 2];
+        c->typoid = (uint32_t)strtoul(PQgetvalue(res, (int)i, 2), NULL, 10);
+        c->attnum = atoi(PQgetvalue(res, (int)i, 3));
+        c->notnull = PQgetvalue(res, (int)i, 4)[0] == 't';
+        c->deterministic = PQgetvalue(res, (int)i, 5)[0] == 't';
+        size_t hn = snap_col_head(NULL, 0, c, j->flags), tn = snap_col_tail(NULL, 0, c, j->flags);
+        sb_need(&j->heads[i], hn);
+        j->heads[i].n = snap_col_head(j->heads[i].p, hn + 1, c, j->flags);
+        sb_need(&j->tails[i], tn);
+        j->tails[i].n = snap_col_tail(j->tails[i].p, tn + 1, c, j->flags);
+    }
+    free(off);
+    /* {"action":"S","schema":"...","table":"...","columns":[ */
+    char *tmp;
+    size_t a = pg_json_escape(NULL, 0, j->sp->schema, strlen(j->sp->schema));
+    size_t b = pg_json_escape(NULL, 0, j->sp->table, strlen(j->sp->table));
+    tmp = xmalloc(a + b);
+    pg_json_escape(tmp, a, j->sp->schema, strlen(j->sp->schema));
+    pg_json_escape(tmp + a, b, j->sp->table, strlen(j->sp->table));
+    sb_add(&j->prefix, "{\"action\":\"S\",\"schema\":", 23);
+    sb_add(&j->prefix, tmp, a);
+    sb_add(&j->prefix, ",\"table\":", 9);
+    sb_add(&j->prefix, tmp + a, b);
+    sb_add(&j->prefix, ",\"columns\":[", 12);
+    free(tmp);
+    return 0;
+}
+
+/* Result 5: the key's column names, as a JSON array (or null). */
+static void snap_take_key(snapjob *j, PGresult *res)
+{
+    int n = PQntuples(res);
+    if (n <= 0 || PQnfields(res) != 1) {
+        sb_add(&j->key, "null", 4);
+        return;
+    }
+    sb_add(&j->key, "[", 1);
+    for (int i = 0; i < n; i++) {
+        const char *s = PQgetvalue(res, i, 0);
+        size_t need = pg_json_escape(NULL, 0, s, strlen(s));
+        if (i)
+            sb_add(&j->key, ",", 1);
+        sb_need(&j->key, need);
+        pg_json_escape(j->key.p + j->key.n, need, s, strlen(s));
+        j->key.n += need;
+    }
+    sb_add(&j->key, "]", 1);
+}
+
+/* Asks for the next batch if the client has room for it; else pauses. */
+static void snap_fetch(snapconn *sc)
+{
+    snapjob *j = sc->job;
+    char q[80];
+    if (j->c && j->c->qbytes >= S.cfg.max_queue / 2) {
+        sc->state = SC_PAUSED;
+        sc->since = S.now;
+        return;
+    }
+    /* about a quarter of max_queue per batch, by the messages so far */
+    if (j->rows) {
+        double want = (double)S.cfg.max_queue / 4 / (j->avg > 1 ? j->avg : 1);
+        j->batch = want < 1 ? 1 : want > SNAP_BATCH_MAX ? SNAP_BATCH_MAX : (unsigned)want;
+    }
+    snprintf(q, sizeof q, "FETCH %u FROM " SNAP_CURSOR, j->batch);
+    sc->state = SC_FETCH;
+    snap_send_query(sc, q);
+    snap_watch(sc);
+}
+
+/* The client's queue drained below half: the next batch may come. */
+static void snap_more(client *c)
+{
+    snapjob *j = c->snap;
+    if (!j || c->qbytes >= S.cfg.max_queue / 2)
+        return;
+    for (int i = 0; i < S.cfg.max_snapshots; i++) {
+        snapconn *sc = &S.snap.conns[i];
+        if (sc->job == j && sc->state == SC_PAUSED)
+            snap_fetch(sc);
+    }
+}
+
+/* Renders row r of a FETCH result as an S message into j->row; returns 0,
+ * or -1 when the row is not valid UTF-8 (a text frame must be). */
+static int snap_render_row(snapjob *j, PGresult *res, int r)
+{
+    size_t need = j->prefix.n + 2;
+    for (unsigned i = 0; i < j->ncols; i++) {
+        need += j->heads[i].n + j->tails[i].n + 1;
+        need += PQgetisnull(res, r, (int)i) ? 4 : (size_t)PQgetlength(res, r, (int)i) * 6 + 2;
+    }
+    j->row.n = 0;
+    sb_need(&j->row, need);
+    char *o = j->row.p;
+    size_t n = 0;
+    memcpy(o, j->prefix.p, j->prefix.n);
+    n += j->prefix.n;
+    for (unsigned i = 0; i < j->ncols; i++) {
+        const snap_col *c = &j->cols[i];
+        if (i)
+            o[n++] = ',';
+        memcpy(o + n, j->heads[i].p, j->heads[i].n);
+        n += j->heads[i].n;
+        n += snap_render_value(o + n, need - n, snap_value_class(c->typoid), j->flags,
+                               PQgetvalue(res, r, (int)i), (size_t)PQgetlength(res, r, (int)i),
+                               PQgetisnull(res, r, (int)i));
+        memcpy(o + n, j->tails[i].p, j->tails[i].n);
+        n += j->tails[i].n;
+    }
+    o[n++] = ']';
+    o[n++] = '}';
+    j->row.n = n;
+    return ws_utf8_step(0, (const uint8_t *)o, n) == 0 ? 0 : -1;
+}
+
+/* Does the row (as rendered) pass the subscription's filters?  The change
+ * types do not limit snapshot rows. */
+static int snap_row_matches(snapjob *j)
+{
+    spec any = *j->sp;
+    w2j_record r;
+    if (!any.nfilters)
+        return 1;
+    any.types = SUB_ALL;
+    if (w2j_parse(j->row.p, j->row.n, S.repl.toks, S.repl.ntoks, S.repl.cols, S.repl.ncols, &r) != JSON_OK)
+        return 0;
+    r.action = 'I';
+    return spec_match(&any, &r, match_scratch(j->row.n), S.mcap);
+}
+
+/* The position for the E marker: the newest one before the first change
+ * the snapshot did not see. */
+static void snap_end_pos(snapjob *j, uint64_t *lsn, uint32_t *idx)
+{
+    snapvis *v = j->vis;
+    for (uint64_t seq = j->scan; seq < S.hist.next_seq; seq++) {
+        frame *f = hist_at(seq);
+        if (f->lsn < v->wal && xid_visible(f->xid, v->xmin, v->xmax, v->xip, v->nxip))
+            continue;
+        frame *prev = seq > S.hist.first_seq ? hist_at(seq - 1) : NULL;
+        *lsn = prev ? prev->lsn : S.hist.floor_lsn;
+        *idx = prev ? prev->idx : S.hist.floor_idx;
+        return;
+    }
+    *lsn = S.hist.have_last ? S.hist.last_lsn : S.hist.floor_lsn;
+    *idx = S.hist.have_last ? S.hist.last_idx : S.hist.floor_idx;
+}
+
+/* Every row is out: the end marker, then the changes it did not see. */
+static void snap_finish(snapjob *j)
+{
+    client *c = j->c;
+    uint64_t lsn;
+    uint32_t idx;
+    char pfx[48];
+    sbuf m = { 0 };
+    if (!c)
+        return;
+    if (j->scan < S.hist.first_seq) {
+        snap_fail(j, WS_CLOSE_TRY_AGAIN, "overtaken", "snapshot overtaken");
+        return;
+    }
+    snap_end_pos(j, &lsn, &idx);
+    int pn = pos_prefix(pfx, lsn, idx);
+    sb_add(&m, pfx, (size_t)pn);
+    sb_printf(&m, "\"action\":\"E\",\"rows\":%llu,\"key\":", (unsigned long long)j->rows);
+    sb_add(&m, j->key.p, j->key.n);
+    sb_add(&m, "}", 1);
+    client_send_msg(c, m.p, m.n);
+    free(m.p);
+    log_info("client %llu %s: snapshot of %s.%s sent, %llu rows", (unsigned long long)c->id, c->addr,
+             j->sp->schema, j->sp->table, (unsigned long long)j->rows);
+    c->vis = j->vis;
+    j->vis = NULL;
+    c->cursor = j->scan;
+    c->snap_replay = 1;
+    c->snapping = 0;
+    c->snap = NULL;
+    j->c = NULL;
+    mark_dirty(c);            /* the replay goes on from client_write */
+}
+
+/* One FETCH result: S messages for the matching rows. */
+static void snap_take_rows(snapconn *sc, PGresult *res)
+{
+    snapjob *j = sc->job;
+    int n = PQntuples(res);
+    if (PQnfields(res) != (int)j->ncols && !(j->ncols == 0 && PQnfields(res) == 1)) {
+        snprintf(sc->err, sizeof sc->err, "the table's columns changed");
+        sc->failed = 1;
+        return;
+    }
+    for (int r = 0; r < n && j->c; r++) {
+        if (snap_render_row(j, res, r)) {
+            snprintf(sc->err, sizeof sc->err, "a row is not valid UTF-8");
+            sc->failed = 1;
+            return;
+        }
+        j->avg = j->avg ? j->avg * 0.9 + (double)j->row.n * 0.1 : (double)j->row.n;
+        if (!snap_row_matches(j))
+            continue;
+        client_send_msg(j->c, j->row.p, j->row.n);
+        j->rows++;
+        S.snap.rows++;
+    }
+    if ((unsigned)n < j->batch)
+        sc->nres = -1;        /* the cursor is exhausted */
+}
+
+/* All results of the connection's command are in: the next step. */
+static void snap_conn_step(snapconn *sc)
+{
+    snapjob *j = sc->job;
+    if (sc->state == SC_SETUP) {
+        if (sc->failed) {
+            char m[256];
+            snprintf(m, sizeof m, "%s", sc->err);
+            log_warn("snapshot connection: %s", m);
+            snap_conn_down(sc, m);
+            return;
+        }
+        sc->state = SC_IDLE;
+        sc->since = S.now;
+        snap_kick();
+        return;
+    }
+    if (sc->state == SC_END) {
+        if (j) {
+            snap_job_free(j);
+            sc->job = NULL;
+            S.snap.active--;
+        }
+        sc->state = SC_IDLE;
+        sc->since = S.now;
+        sc->failed = 0;
+        snap_kick();
+        return;
+    }
+    if (sc->failed || !j->c) {
+        sc->state = SC_END;   /* before snap_fail: nothing to cancel now */
+        snap_send_query(sc, "ROLLBACK");
+        if (sc->failed && j->c) {
+            char r[300];
+            snprintf(r, sizeof r, "snapshot failed: %s", sc->err);
+            snap_fail(j, 1011, "query", r);
+        }
+        return;
+    }
+    switch (sc->state) {
+    case SC_PROLOGUE: {
+        if (!j->vis || !j->cols || !j->key.p) {
+            snprintf(sc->err, sizeof sc->err, "unexpected answers from the database");
+            sc->failed = 1;
+            snap_conn_step(sc);
+            return;
+        }
+        if (j->scan < S.hist.first_seq) {
+            sc->state = SC_END;
+            snap_send_query(sc, "ROLLBACK");
+            snap_fail(j, WS_CLOSE_TRY_AGAIN, "overtaken", "snapshot overtaken");
+            return;
+        }
+        unsigned np = 0;
+        size_t pushed = 0;
+        size_t need = snap_query(NULL, 0, SNAP_CURSOR, j->sp, j->cols, j->ncols, j->flags, &np, &pushed);
+        char *q = xmalloc(need);
+        snap_query(q, need, SNAP_CURSOR, j->sp, j->cols, j->ncols, j->flags, &np, &pushed);
+        const char **vals = xmalloc((np ? np : 1) * sizeof *vals);
+        const char *p = q + strlen(q) + 1;
+        for (unsigned i = 0; i < np; i++) {
+            vals[i] = p;
+            p += strlen(p) + 1;
+        }
+        log_debug("snapshot of %s.%s: %zu of %u filters in the query", j->sp->schema, j->sp->table, pushed,
+                  j->sp->nfilters);
+        sc->state = SC_DECLARE;
+        if (!PQsendQueryParams(sc->conn, q, (int)np, NULL, vals, NULL, NULL, 0)) {
+            snprintf(sc->err, sizeof sc->err, "%s", PQerrorMessage(sc->conn));
+            sc->failed = 1;
+        }
+        sc->since = S.now;
+        free(vals);
+        free(q);
+        break;
+    }
+    case SC_DECLARE:
+        snap_fetch(sc);
+        break;
+    case SC_FETCH:
+        if (sc->nres == -1) {  /* the last batch */
+            sc->state = SC_END;
+            snap_send_query(sc, "COMMIT");
+            snap_finish(j);
+        } else {
+            snap_fetch(sc);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* A result of the connection's current command. */
+static void snap_conn_result(snapconn *sc, PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    snapjob *j = sc->job;
+    log_debug("snapshot connection %d: state %d result %s", sc->slot, (int)sc->state, PQresStatus(st));
+    if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+        if (!sc->failed) {
+            const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+            snprintf(sc->err, sizeof sc->err, "%s", m ? m : PQresultErrorMessage(res));
+        }
+        sc->failed = 1;
+        return;
+    }
+    if (sc->failed || !j || !j->c || sc->state == SC_SETUP || sc->state == SC_END)
+        return;
+    if (sc->state == SC_PROLOGUE) {
+        int k = sc->nres++;
+        int bad = 0;
+        if (k == 2)
+            bad = st != PGRES_TUPLES_OK || snap_take_snapshot(j, res);
+        else if (k == 3)
+            bad = st != PGRES_TUPLES_OK || snap_take_columns(j, res);
+        else if (k == 4 && !(bad = st != PGRES_TUPLES_OK))
+            snap_take_key(j, res);
+        if (bad) {
+            snprintf(sc->err, sizeof sc->err, "unexpected answer from the database");
+            sc->failed = 1;
+        }
+    } else if (sc->state == SC_FETCH && st == PGRES_TUPLES_OK) {
+        snap_take_rows(sc, res);
+    }
+}
+
+static void snap_event(snapconn *sc)
+{
+    if (sc->state == SC_CONNECTING) {
+        PostgresPollingStatusType ps = PQconnectPoll(sc->conn);
+        S.pfd[sc->slot].fd = PQsocket(sc->conn);
+        if (ps == PGRES_POLLING_READING) S.pfd[sc->slot].events = POLLIN;
+        else if (ps == PGRES_POLLING_WRITING) S.pfd[sc->slot].events = POLLOUT;
+        else if (ps == PGRES_POLLING_FAILED) {
+            char m[256];
+            redact_quoted(PQerrorMessage(sc->conn), m, sizeof m);
+            log_warn("snapshot connection: %s", m);
+            snap_conn_down(sc, "cannot connect to the database");
+        } else {
+            sc->cancel = PQgetCancel(sc->conn);
+            sc->state = SC_SETUP;
+            sc->failed = 0;
+            snap_send_query(sc, pin_settings);
+            snap_watch(sc);
+        }
+        return;
+    }
+    if (!PQconsumeInput(sc->conn)) {
+        char m[256];
+        snprintf(m, sizeof m, "%s", PQerrorMessage(sc->conn));
+        snap_conn_down(sc, m);
+        return;
+    }
+    while (sc->conn && !PQisBusy(sc->conn) && sc->state != SC_IDLE && sc->state != SC_PAUSED &&
+           sc->state != SC_DOWN) {
+        PGresult *res = PQgetResult(sc->conn);
+        if (res) {
+            snap_conn_result(sc, res);
+            PQclear(res);
+            continue;
+        }
+        snap_conn_step(sc);
+    }
+    if (sc->conn && sc->state == SC_IDLE) {
+        /* notices and the like between snapshots: read and drop */
+        PGresult *res;
+        while (!PQisBusy(sc->conn) && (res = PQgetResult(sc->conn)) != NULL)
+            PQclear(res);
+    }
+    if (sc->conn)
+        snap_watch(sc);
+}
+
+/* Timeouts, the history overtaking a snapshot, idle connections. */
+static void snap_tick(void)
+{
+    int64_t limit = (int64_t)S.cfg.snapshot_timeout * 1000;
+    for (snapjob *j = S.snap.wait_head, *next; j; j = next) {
+        next = j->next;
+        if (j->c && S.now - j->started > limit)
+            snap_fail(j, WS_CLOSE_TRY_AGAIN, "timeout", "snapshot timeout");
+    }
+    for (int i = 0; i < S.cfg.max_snapshots; i++) {
+        snapconn *sc = &S.snap.conns[i];
+        snapjob *j = sc->job;
+        if (sc->state == SC_CONNECTING && S.now - sc->since > 10000) {
+            snap_conn_down(sc, "no answer from the database within 10 s");
+            continue;
+        }
+        if (sc->state == SC_IDLE && S.now - sc->since > SNAP_IDLE_MS) {
+            snap_conn_down(sc, "idle");
+            continue;
+        }
+        if (!j || !j->c)
+            continue;
+        if (S.now - j->started > limit)
+            snap_fail(j, WS_CLOSE_TRY_AGAIN, "timeout", "snapshot timeout");
+        else if (j->vis && j->scan < S.hist.first_seq)
+            snap_fail(j, WS_CLOSE_TRY_AGAIN, "overtaken", "snapshot overtaken");
+        else if (sc->state == SC_PAUSED)
+            snap_more(j->c);
+    }
+    if (S.snap.wait_head)
+        snap_kick();
+}
+
+static void snap_init(void)
+{
+    S.snap.conns = xmalloc((size_t)S.cfg.max_snapshots * sizeof *S.snap.conns);
+    memset(S.snap.conns, 0, (size_t)S.cfg.max_snapshots * sizeof *S.snap.conns);
+    for (int i = 0; i < S.cfg.max_snapshots; i++) {
+        S.snap.conns[i].slot = SLOT_SNAP + i;
+        S.pfd[SLOT_SNAP + i] = (struct pollfd){ -1, 0, 0 };
+    }
+}
+
+static void snap_shutdown(void)
+{
+    for (int i = 0; S.snap.conns && i < S.cfg.max_snapshots; i++) {
+        snapconn *sc = &S.snap.conns[i];
+        if (sc->job && sc->state != SC_IDLE && sc->cancel) {
+            char e[256];
+            PQcancel(sc->cancel, e, sizeof e);
+        }
+        if (sc->job) {
+            snap_job_free(sc->job);
+            sc->job = NULL;
+        }
+        if (sc->cancel)
+            PQfreeCancel(sc->cancel);
+        if (sc->conn)
+            PQfinish(sc->conn);   /* the server rolls back what was open */
+        sc->conn = NULL;
+        sc->cancel = NULL;
+    }
+    free(S.snap.conns);
+    S.snap.conns = NULL;
+}
+
 /* ==== Health and metrics ================================================ */
 
 static void health_body(sbuf *b)
@@ -3595,6 +4529,17 @@ static void metrics_body(sbuf *b)
     for (int i = 0; i < AUTHF_N; i++)
         sb_printf(b, "pgcdc_auth_failures_total{reason=\"%s\"} %llu\n", authf_names[i],
                   (unsigned long long)S.count.auth_fail[i]);
+    metric(b, "pgcdc_snapshots_total", "counter", "Snapshots asked for (snapshot=1).", S.snap.total);
+    metric(b, "pgcdc_snapshots_active", "gauge", "Snapshot queries running.", S.snap.active);
+    metric(b, "pgcdc_snapshots_waiting", "gauge", "Snapshots waiting for a free connection.", S.snap.waiting);
+    metric(b, "pgcdc_snapshot_rows_total", "counter", "Rows sent by snapshots.", S.snap.rows);
+    sb_printf(b, "# HELP pgcdc_snapshot_failures_total Snapshots that ended in an error.\n"
+              "# TYPE pgcdc_snapshot_failures_total counter\n"
+              "pgcdc_snapshot_failures_total{reason=\"query\"} %llu\n"
+              "pgcdc_snapshot_failures_total{reason=\"timeout\"} %llu\n"
+              "pgcdc_snapshot_failures_total{reason=\"overtaken\"} %llu\n",
+              (unsigned long long)S.snap.fail_query, (unsigned long long)S.snap.fail_timeout,
+              (unsigned long long)S.snap.fail_overtaken);
 }
 
 /* ==== The event loop ==================================================== */
@@ -3983,6 +4928,7 @@ static int run(void)
             if (!shutting) {
                 repl_tick();
                 cat_tick();
+                snap_tick();
             }
         }
         flush_dirty();
@@ -4009,6 +4955,9 @@ static int run(void)
             repl_event(S.pfd[SLOT_REPL].revents ? S.pfd[SLOT_REPL].revents : POLLIN);
         if (S.cat.conn && S.pfd[SLOT_CAT].revents)
             cat_event();
+        for (int i = 0; i < S.cfg.max_snapshots; i++)
+            if (S.snap.conns[i].conn && S.pfd[SLOT_SNAP + i].revents)
+                snap_event(&S.snap.conns[i]);
         if (S.http.listen_fd >= 0 && (S.pfd[SLOT_LISTEN].revents & POLLIN))
             accept_clients(SLOT_LISTEN);
         if (S.http.admin_fd >= 0 && (S.pfd[SLOT_ADMIN].revents & POLLIN))
@@ -4033,6 +4982,7 @@ static int run(void)
         PQfinish(S.repl.conn);
         S.repl.conn = NULL;
     }
+    snap_shutdown();
     return 0;
 }
 
@@ -4151,6 +5101,7 @@ int main(int argc, char **argv)
     S.pfd[SLOT_REPL] = (struct pollfd){ -1, 0, 0 };
     S.pfd[SLOT_CAT] = (struct pollfd){ -1, 0, 0 };
     S.pfd[SLOT_ADMIN] = (struct pollfd){ S.http.admin_fd, POLLIN, 0 };
+    snap_init();
     S.repl.ntoks = TOKS_MAX;
     S.repl.ncols = COLS_MAX;
     S.repl.toks = xmalloc(S.repl.ntoks * sizeof *S.repl.toks);

@@ -187,6 +187,7 @@ int params_parse(const char *qs, size_t n, ws_params *out, char *err, size_t err
             else if (!strcmp(name, "since")) slot = &out->since;
             else if (!strcmp(name, "grant")) slot = &out->grant;
             else if (!strcmp(name, "columns")) slot = &out->columns;
+            else if (!strcmp(name, "snapshot")) slot = &out->snapshot;
             else if (!strcmp(name, "filter")) out->filters[out->nfilters++] = val;
             /* other parameters (cache busters and the like) are ignored */
             if (slot) {
