@@ -2392,8 +2392,8 @@ checks:;
         return;
     }
     int snap = pd->prm.snapshot && !strcmp(pd->prm.snapshot, "1");
-    if (pd->prm.snapshot && !snap && strcmp(pd->prm.snapshot, "0")) {
-        http_error(c, 400, NULL, "snapshot must be 1 (or 0), got \"%.20s\"", pd->prm.snapshot);
+    if (pd->prm.snapshot && !snap) {
+        http_error(c, 400, NULL, "snapshot must be 1, got \"%.20s\"", pd->prm.snapshot);
         return;
     }
     if (snap && pd->prm.since) {
@@ -3664,6 +3664,7 @@ struct snapjob {
     sbuf prefix;              /* {"action":"S","schema":...,"columns":[ */
     sbuf key;                 /* ["id"] or null */
     sbuf row;                 /* scratch: one message */
+    sbuf proj;                /* ... with only the columns= columns */
     uint64_t rows;
     unsigned batch;           /* rows to FETCH next */
     double avg;               /* bytes per message so far */
@@ -3703,6 +3704,7 @@ static void snap_job_free(snapjob *j)
     free(j->prefix.p);
     free(j->key.p);
     free(j->row.p);
+    free(j->proj.p);
     free(j);
 }
 
@@ -4222,7 +4224,19 @@ static void snap_take_rows(snapconn *sc, PGresult *res)
         j->avg = j->avg ? j->avg * 0.9 + (double)j->row.n * 0.1 : (double)j->row.n;
         if (!snap_row_matches(j))
             continue;
-        client_send_msg(j->c, j->row.p, j->row.n);
+        if (j->sp->ncols) {   /* columns=: the filters saw the whole row, the client gets these */
+            sb_need(&j->proj, j->row.n);
+            long pn = w2j_project(j->row.p, j->row.n, j->sp->cols, j->sp->ncols, S.repl.toks, S.repl.ntoks,
+                                  j->proj.p, j->row.n + 1);
+            if (pn < 0) {
+                snprintf(sc->err, sizeof sc->err, "a row could not be projected");
+                sc->failed = 1;
+                return;
+            }
+            client_send_msg(j->c, j->proj.p, (size_t)pn);
+        } else {
+            client_send_msg(j->c, j->row.p, j->row.n);
+        }
         j->rows++;
         S.snap.rows++;
     }
