@@ -538,6 +538,20 @@ def t_bad_requests():
         assert st == 400 and "history" in body, (st, body)
 
 
+def t_columns():
+    sql("DROP TABLE IF EXISTS sn_cols; CREATE TABLE sn_cols (id int PRIMARY KEY, name text, price numeric); "
+        "INSERT INTO sn_cols VALUES (1, 'a', 1), (2, 'b', 2.5), (3, 'c', 9)")
+    with Pgcdc() as pc:
+        async def go():
+            async with connect(pc, snap_path("*:sn_cols:price.gt.2") + "&columns=name,id") as ws:
+                return await read_snapshot(ws)
+        rows, end = asyncio.run(go())
+    assert end["rows"] == 2, end
+    got = [json.loads(r)["columns"] for r in rows]
+    assert [[c["name"] for c in cols] for cols in got] == [["id", "name"], ["id", "name"]], got
+    assert sorted(vals(cols)["id"] for cols in got) == [2, 3], got
+
+
 # ---- pushdown and overtaking ----------------------------------------------------
 
 def table_stats():
@@ -600,6 +614,7 @@ def main():
         ("snapshot: S rows are wal2json's insert columns byte for byte, every common type", t_render),
         ("snapshot: 400 for since, bad values and history = 0; key null without one", t_bad_requests),
         ("snapshot: 403 when pgcdc's role cannot SELECT the table", t_permission),
+        ("snapshot: columns= projects S rows, the filter sees the whole row", t_columns),
         ("snapshot: the seam under load, 20 clients: rows plus changes equal the table", t_seam),
         ("snapshot: a slow reader pauses its snapshot, RSS bounded, others live", t_long_snapshot_bounded),
         ("snapshot: max_snapshots runs one at a time, in arrival order", t_queue_order),
