@@ -3625,7 +3625,7 @@ static void repl_tick(void)
 
 /* ==== Snapshots ========================================================= */
 
-/* A snapshot (docs/protocol.md, Initial state) runs on one of max_snapshots
+/* A snapshot (docs/protocol.md, Snapshots) runs on one of max_snapshots
  * ordinary connections, inside this loop like every other: BEGIN
  * ISOLATION LEVEL REPEATABLE READ, READ ONLY; LOCK the table (so its
  * columns cannot change under the query); pg_current_snapshot() and the

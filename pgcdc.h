@@ -358,7 +358,7 @@ typedef struct ws_params {
     unsigned nfilters;
     char *token, *since, *grant;
     char *columns;      /* columns= list as written, NULL when absent */
-    char *snapshot;     /* "1": the rows first (docs/protocol.md, Initial state) */
+    char *snapshot;     /* "1": the rows first (docs/protocol.md, Snapshots) */
     char *buf;          /* owns the strings above */
 } ws_params;
 

@@ -1,5 +1,5 @@
 """suite_snapshot.py -- end-to-end tests of snapshot=1 (docs/protocol.md,
-Initial state): the table's matching rows as S messages, the E marker, then
+Snapshots): the table's matching rows as S messages, the E marker, then
 exactly the changes the snapshot did not contain.
 
 - rendering: S rows' "columns" are byte for byte the "columns" of wal2json's
