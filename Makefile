@@ -35,7 +35,8 @@ web/pgcdc_js.h: web/pgcdc.js web/embed.sh
 UNIT_SRCS = tests/unit.c tests/test_sha1.c tests/test_base64.c tests/test_ws.c \
             tests/test_json.c tests/test_query.c tests/test_stream.c \
             tests/test_sha256.c tests/test_jwt.c tests/test_snapshot.c \
-            tests/test_project.c tests/test_http.c tests/test_sse.c
+            tests/test_project.c tests/test_http.c tests/test_sse.c \
+            tests/test_grant.c
 tests/unit: $(UNIT_SRCS) $(UNITS) $(HDRS) tests/t.h tests/jwt_vectors.h
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests -I. -o $@ $(UNIT_SRCS) $(UNITS) $(LDFLAGS)
 

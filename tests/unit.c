@@ -21,6 +21,7 @@ void test_jwt(void);
 void test_snapshot(void);
 void test_project(void);
 void test_http(void);
+void test_grant(void);
 void test_sse(void);
 
 int main(void)
@@ -36,6 +37,7 @@ int main(void)
     test_snapshot();
     test_project();
     test_http();
+    test_grant();
     test_sse();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
     return t_failed != 0;
