@@ -540,6 +540,37 @@ async def t_rule_columns_hide_bytes(pc):
     await close(w2)
 
 
+async def t_rules_snapshot(pc):
+    """Rules and ;columns= apply to snapshot rows as to changes."""
+    sql("DELETE FROM j_orders; DELETE FROM j_users; "
+        "INSERT INTO j_orders (customer_id, amount) VALUES ('s1', 1), ('s2', 2), ('s1', 3), ('s3', 4); "
+        "INSERT INTO j_users VALUES ('s1', 'One', 'one@example.com'), ('s2', 'Two', 'two@example.com')")
+
+    async def snapshot(path):
+        ws = await connect(pc, path + "&snapshot=1")
+        rows = []
+        while True:
+            m = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if m["action"] == "E":
+                return ws, rows, m
+            assert m["action"] == "S", m
+            rows.append(m)
+
+    w1, r1, e1 = await snapshot(path_of("*:j_orders", token=hs(claims_of("s1"))))
+    w2, r2, e2 = await snapshot(path_of("*:j_orders", ["amount.gt.1"], token=hs(claims_of("s2"))))
+    assert sorted(cols(r)["amount"] for r in r1) == [1, 3] and e1["rows"] == 2, (r1, e1)
+    assert [cols(r)["amount"] for r in r2] == [2] and e2["rows"] == 1, (r2, e2)
+    w3, r3, _ = await snapshot(path_of("*:j_users", token=hs(claims_of("s2"))))
+    assert [[c["name"] for c in r["columns"]] for r in r3] == [["id", "name"]], r3
+    assert cols(r3[0]) == {"id": "s2", "name": "Two"}, r3
+    # then the changes, filtered the same way
+    sql("INSERT INTO j_orders (customer_id, amount) VALUES ('s2', 20), ('s1', 10)")
+    got = await marker(w1, "j_orders", "amount", 10)
+    assert [cols(f)["customer_id"] for f in got] == ["s1"], got
+    for w in (w1, w2, w3):
+        await close(w)
+
+
 # ---- tests: columns= projection (no authentication needed) --------------------
 
 def strip_cols(text, keep):
@@ -667,6 +698,7 @@ def main():
         ("rules: 403 for no rule, missing or mistyped claims, columns beyond the rule", t_rules_refusals_403),
         ("rules: placeholder injection gets nothing extra", t_rules_injection),
         ("rules: ;columns= hides a column from the bytes", t_rule_columns_hide_bytes),
+        ("rules: snapshot rows filtered and projected by the rule", t_rules_snapshot),
         ("token expiry closes with 1008 within a second of exp", t_expiry_closes_1008),
         ("key rotation: rewrite the JWKS file, SIGHUP, clients stay", t_key_rotation_sighup),
         ("SSE: JWT by ?token= or Bearer, rules, columns=, event: close at exp", t_sse_jwt),
