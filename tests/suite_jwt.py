@@ -461,7 +461,13 @@ async def t_rules_two_users(pc):
     assert [cols(f)["amount"] for f in g3] == [55, 999], g3
     for w in (w1, w2, w3):
         await close(w)
-    assert "sub=u1" in pc.logtext() or 'sub "u1"' in pc.logtext(), "sub not logged"
+    assert "sub=u1" in pc.logtext(), "sub not logged"
+    # a sub with control bytes is logged escaped: no terminal escapes, no forged line
+    w4 = await connect(pc, path_of("insert:j_orders", token=hs(claims_of("evil\x1b[2J\nfake line"))))
+    await close(w4)
+    log = wait_until(lambda: "sub=evil" in pc.logtext() and pc.logtext(), 10, "the sub in the log")
+    assert "sub=evil\\x1b[2J\\nfake line" in log, [ln for ln in log.splitlines() if "sub=evil" in ln]
+    assert "\x1b" not in log and "\nfake line" not in log
 
 
 async def t_rules_in_and_nested(pc):
