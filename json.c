@@ -605,7 +605,7 @@ FP_INLINE int at8(const unsigned char *p, const char *w)
 }
 
 /* The first byte at or after p that is '"', '\\', below 0x20 or above
- * 0x7f, or end. */
+ * 0x7f, or end.  The sixteen bytes before end are readable. */
 FP_INLINE const unsigned char *str_stop(const unsigned char *p, const unsigned char *end)
 {
 #if defined(__SSE2__) && defined(__GNUC__)
@@ -621,6 +621,16 @@ FP_INLINE const unsigned char *str_stop(const unsigned char *p, const unsigned c
             return p + __builtin_ctz(m);
         p += 16;
     }
+    if (p < end) {
+        /* the last bytes: the sixteen that end the record (which is at
+         * least that long, see w2j_fast), shifted to start at p */
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(end - 16));
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                   _mm_cmplt_epi8(v, space));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit) >> (16 - (end - p));
+        return m ? p + __builtin_ctz(m) : end;
+    }
+    return p;
 #endif
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     /* eight bytes at a time: a byte is flagged when it equals '"' or '\\',
@@ -786,12 +796,12 @@ static const unsigned char *fp_skip_ws(const unsigned char *p, const unsigned ch
     if (c_ == (close)) r = 1; else if (c_ == ',') { r = 0; WS(); } else return NULL; } while (0)
 
 static const unsigned char *fp_value(const unsigned char *p, const unsigned char *e, int depth,
-                                     uint32_t *nt, slice *out, uint8_t *type);
+                                     slice *out, uint8_t *type);
 
 /* The rest of an object or array after its opening byte, through its
  * closing one. */
 static const unsigned char *fp_container(const unsigned char *p, const unsigned char *e, int depth,
-                                         uint32_t *nt, int object)
+                                         int object)
 {
     slice s;
     uint8_t t;
@@ -803,14 +813,13 @@ static const unsigned char *fp_container(const unsigned char *p, const unsigned 
         if (object) {   /* any name will do here, escaped or not */
             if (p >= e || *p != '"' || !(p = fp_str(p, e, &s, &esc)))
                 return NULL;
-            ++*nt;
             WS();
             if (p >= e || *p != ':')
                 return NULL;
             p++;
             WS();
         }
-        if (!(p = fp_value(p, e, depth, nt, &s, &t)))
+        if (!(p = fp_value(p, e, depth, &s, &t)))
             return NULL;
         NEXT(object ? '}' : ']', r);
     } while (!r);
@@ -820,12 +829,11 @@ static const unsigned char *fp_container(const unsigned char *p, const unsigned 
 /* Any value at p; out is what the tokenizer's token would span (a string's
  * contents, a container with its brackets). */
 static const unsigned char *fp_value(const unsigned char *p, const unsigned char *e, int depth,
-                                     uint32_t *nt, slice *out, uint8_t *type)
+                                     slice *out, uint8_t *type)
 {
     int esc;
     if (p >= e)
         return NULL;
-    ++*nt;
     switch (*p) {
     case '"':
         *type = JSON_STRING;
@@ -833,7 +841,7 @@ static const unsigned char *fp_value(const unsigned char *p, const unsigned char
     case '{':
     case '[': {
         const unsigned char *s = p;
-        if (depth >= FP_DEPTH || !(p = fp_container(p + 1, e, depth + 1, nt, *s == '{')))
+        if (depth >= FP_DEPTH || !(p = fp_container(p + 1, e, depth + 1, *s == '{')))
             return NULL;
         *type = *s == '{' ? JSON_OBJECT : JSON_ARRAY;
         out->p = (const char *)s;
@@ -874,7 +882,7 @@ static int member_of(slice k)
 /* An array of column objects at p, stored from cols[have]; *count gets
  * their number. */
 FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned char *e, const char *buf,
-                                       uint32_t *nt, w2j_col *cols, unsigned ncap, unsigned have,
+                                       w2j_col *cols, unsigned ncap, unsigned have,
                                        unsigned *count)
 {
     unsigned m = 0;
@@ -882,7 +890,6 @@ FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned ch
     if (p >= e || *p != '[')
         return NULL;
     p++;
-    ++*nt;
     WS();
     if (p < e && *p == ']') {
         *count = 0;
@@ -894,7 +901,6 @@ FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned ch
         w2j_col *c = &cols[have + m++];
         int seen = 0, rc;
         p++;
-        ++*nt;
         c->name.p = c->type.p = c->value.p = buf;
         c->name.n = c->type.n = c->value.n = 0;
         c->vtype = JSON_NONE;
@@ -925,34 +931,30 @@ FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned ch
                 which = k.n == 4 && !memcmp(k.p, "name", 4) ? 1 : k.n == 4 && !memcmp(k.p, "type", 4) ? 2
                       : k.n == 5 && !memcmp(k.p, "value", 5) ? 4 : 0;
             }
-            ++*nt;
             if (seen & which)
                 return NULL;
             seen |= which;
             if (which == 1 || which == 2) {
                 if (p >= e || *p != '"' || !(p = fp_str(p, e, which == 1 ? &c->name : &c->type, &esc)))
                     return NULL;
-                ++*nt;
             } else if (which == 4) {
                 if (p >= e)
                     return NULL;
                 if (*p == '"') {
                     c->vtype = JSON_STRING;
                     p = fp_str(p, e, &c->value, &esc);
-                    ++*nt;
                 } else if (*p == '-' || is_digit(*p)) {
                     c->vtype = JSON_NUMBER;
                     p = fp_num(p, e, &c->value);
-                    ++*nt;
                 } else {
-                    p = fp_value(p, e, 4, nt, &c->value, &c->vtype);
+                    p = fp_value(p, e, 4, &c->value, &c->vtype);
                 }
                 if (!p)
                     return NULL;
             } else {
                 slice v;
                 uint8_t t;
-                if (!(p = fp_value(p, e, 4, nt, &v, &t)))
+                if (!(p = fp_value(p, e, 4, &v, &t)))
                     return NULL;
             }
             NEXT('}', rc);
@@ -985,7 +987,7 @@ static int xid_of(slice v, w2j_record *r)
 
 /* The whole record in one pass; see the top of this section. */
 static const unsigned char *fp_record(const unsigned char *p, const unsigned char *e, const char *buf,
-                                      uint32_t *nt, w2j_col *cols, unsigned ncap, w2j_record *r)
+                                      w2j_col *cols, unsigned ncap, w2j_record *r)
 {
     unsigned seen = 0;
     slice k, v;
@@ -1002,7 +1004,6 @@ static const unsigned char *fp_record(const unsigned char *p, const unsigned cha
             return NULL;
         p++;
         WS();
-        ++*nt;
         int m = member_of(k);
         if (m >= 0) {
             if (seen & (1u << m))
@@ -1016,37 +1017,33 @@ static const unsigned char *fp_record(const unsigned char *p, const unsigned cha
             if (*p != '"' || !(p = fp_str(p, e, &v, &esc)) || esc || v.n != 1)
                 return NULL;
             r->action = v.p[0];
-            ++*nt;
             break;
         case F_LSN: case F_NEXTLSN: case F_SCHEMA: case F_TABLE: {
             slice *dst = m == F_LSN ? &r->lsn : m == F_NEXTLSN ? &r->nextlsn
                        : m == F_SCHEMA ? &r->schema : &r->table;
             if (*p != '"' || !(p = fp_str(p, e, dst, &esc)))
                 return NULL;
-            ++*nt;
             break;
         }
         case F_XID:
             if (!(p = fp_num(p, e, &v)) || xid_of(v, r))
                 return NULL;
-            ++*nt;
             break;
         case F_COLUMNS:
-            if ((seen & (1u << F_IDENTITY)) || !(p = fp_cols(p, e, buf, nt, cols, ncap, 0, &r->ncols)))
+            if ((seen & (1u << F_IDENTITY)) || !(p = fp_cols(p, e, buf, cols, ncap, 0, &r->ncols)))
                 return NULL;
             break;
         case F_IDENTITY:
-            if (!(p = fp_cols(p, e, buf, nt, cols, ncap, r->ncols, &r->nident)))
+            if (!(p = fp_cols(p, e, buf, cols, ncap, r->ncols, &r->nident)))
                 return NULL;
             break;
         default:
             if (*p == '"') {
                 if (!(p = fp_str(p, e, &v, &esc)))
                     return NULL;
-                ++*nt;
             } else {
                 uint8_t t;
-                if (!(p = fp_value(p, e, 1, nt, &v, &t)))
+                if (!(p = fp_value(p, e, 1, &v, &t)))
                     return NULL;
             }
         }
@@ -1064,11 +1061,12 @@ static int w2j_fast(const char *buf, size_t len, unsigned ntoks, w2j_col *cols, 
                     w2j_record *r)
 {
     const unsigned char *e = (const unsigned char *)buf + len;
-    uint32_t nt = 1;
-    if (len > UINT32_MAX)
+    /* every token starts at a byte of its own, so a record no longer than
+     * toks[] can never need more tokens than toks[] has */
+    if (len > ntoks || len < 16)
         return -1;
-    const unsigned char *p = fp_record((const unsigned char *)buf, e, buf, &nt, cols, ncap, r);
-    if (!p || fp_skip_ws(p, e) != e || nt > ntoks)
+    const unsigned char *p = fp_record((const unsigned char *)buf, e, buf, cols, ncap, r);
+    if (!p || fp_skip_ws(p, e) != e)
         return -1;
     r->utf8 = 1;
     return 0;

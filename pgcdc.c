@@ -1020,6 +1020,9 @@ typedef struct server {
     char pos_head[32];        /* {"pos":"X/X: of ... */
     uint64_t pos_head_lsn;    /* ... this commit LSN */
     uint8_t pos_head_n;       /* (0: none yet) */
+    char pos_idx[12];         /* the index last written, in decimal */
+    uint32_t pos_idx_v;
+    uint8_t pos_idx_n;        /* (0: none yet) */
     char *mbuf;               /* matcher scratch (spec_match) */
     size_t mcap;
     jwt *tok;                 /* the token being checked (about 20 KB) */
@@ -3366,12 +3369,31 @@ static int pos_prefix(char *out, uint64_t lsn, uint32_t idx)
     }
     memcpy(o, S.pos_head, S.pos_head_n);
     o += S.pos_head_n;
-    do {
-        digits[nd++] = (char)('0' + idx % 10);
-        idx /= 10;
-    } while (idx);
-    while (nd)
-        *o++ = digits[--nd];
+    /* the index mostly grows by one: count on in the digits kept */
+    if (S.pos_idx_n && idx && idx == S.pos_idx_v + 1) {
+        int i = S.pos_idx_n - 1;
+        while (i >= 0 && S.pos_idx[i] == '9')
+            S.pos_idx[i--] = '0';
+        if (i >= 0) {
+            S.pos_idx[i]++;
+        } else {
+            memmove(S.pos_idx + 1, S.pos_idx, S.pos_idx_n);
+            S.pos_idx[0] = '1';
+            S.pos_idx_n++;
+        }
+    } else {
+        uint32_t v = idx;
+        do {
+            digits[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        S.pos_idx_n = 0;
+        while (nd)
+            S.pos_idx[S.pos_idx_n++] = digits[--nd];
+    }
+    S.pos_idx_v = idx;
+    memcpy(o, S.pos_idx, S.pos_idx_n);
+    o += S.pos_idx_n;
     *o++ = '"';
     *o++ = ',';
     return (int)(o - out);
