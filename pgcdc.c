@@ -2474,6 +2474,10 @@ static void upgrade_finish(client *c)
                        sp->schema, sp->table);
             return;
         }
+        if (!S.hist.floor_known) {   /* the changes after it could not be told apart yet */
+            http_error(c, 503, "Retry-After: 1\r\n", "replication is starting: a snapshot needs the stream; retry");
+            return;
+        }
     }
     if (pd->prm.since) {
         if (!S.hist.floor_known && c->sse) {

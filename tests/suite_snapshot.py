@@ -251,7 +251,7 @@ class Writers:
         dele = "DELETE FROM sn_seam WHERE id = %d;"
         while not self.stop.is_set():
             lines = []
-            for _ in range(20):
+            for _ in range(10):
                 r = rnd.random()
                 k = rnd.randint(1, keys)
                 if r < 0.4:
@@ -265,7 +265,7 @@ class Writers:
                                                               ins % rnd.randint(1, keys)))
             p.stdin.write("\n".join(lines) + "\n")
             p.stdin.flush()
-            time.sleep(0.002)
+            time.sleep(0.01)
         p.stdin.close()
         p.wait(30)
 
