@@ -1,9 +1,18 @@
 #!/bin/bash
 # bench/run.sh -- pgcdc's performance scenarios, each beside the reference:
 # pg_recvlogical decoding the same workload with the same wal2json options
-# into a pipe (read by "wsload --pipe", which timestamps every line).
+# into a pipe (read by "wsload --pipe-batch", which timestamps every line).
 #
 #   bench/run.sh [throughput|fanout|latency|memory|backpressure|all]...
+#   bench/run.sh [refcheck|single|kernel|instances|capacity]...
+#
+# all runs the first five.  The others: refcheck compares two ways of
+# reading the reference's output; single is the 200,000-row transaction to
+# one client against pg_recvlogical only; kernel compares pgcdc's fan-out
+# to 100 clients with bench/fanout_ref.c (writev of ready-made frames);
+# instances measures each walsender's CPU with 1, 2 and 4 pgcdc instances
+# at a fixed change rate; capacity finds how many clients one instance
+# serves with p99 latency under 10 ms.
 #
 # It starts its own throwaway PostgreSQL (initdb in /tmp/bench-*, unix socket
 # only, wal_level=logical, fsync=off), builds pgcdc (make) and wsload, runs
@@ -12,7 +21,11 @@
 #
 # Environment: PGBIN (PostgreSQL binaries), PGCDC (use this binary instead of
 # building ./pgcdc), BENCH_PGPORT (5453), BENCH_WSPORT (first pgcdc port,
-# 18500), BENCH_KEEP=1 keeps the temp directory (logs, raw wsload output).
+# 18500), BENCH_KEEP=1 keeps the temp directory (logs, raw wsload output),
+# BENCH_REPEAT (3), BENCH_REF_READER (--pipe-batch, or --pipe), BENCH_BIG
+# (200000 rows for refcheck, single, kernel), BENCH_INST_RATE (1000) and
+# BENCH_INST_SECS (10) for instances, BENCH_CAP_RATE (200) and
+# BENCH_CAP_CLIENTS ("250 500 1000 2000 4000 8000") for capacity.
 #
 # Definitions (t0 = clock_timestamp() just before the workload's COMMIT, or
 # before its first transaction when it is many; all clocks are this host's):
@@ -34,9 +47,9 @@ SCENARIOS=()
 for a in "${@:-all}"; do
     case $a in
     all) SCENARIOS+=(throughput fanout latency memory backpressure) ;;
-    throughput|fanout|latency|memory|backpressure|refcheck|kernel|instances|capacity)
+    throughput|fanout|latency|memory|backpressure|refcheck|single|kernel|instances|capacity)
         SCENARIOS+=("$a") ;;
-    *) echo "usage: $0 [throughput|fanout|latency|memory|backpressure|refcheck|kernel|instances|capacity|all]..." >&2
+    *) echo "usage: $0 [throughput|fanout|latency|memory|backpressure|refcheck|single|kernel|instances|capacity|all]..." >&2
        exit 2 ;;
     esac
 done
@@ -609,6 +622,25 @@ scenario_refcheck() {
     row refcheck "$big-row tx, pg_recvlogical changes/s: read in batches (ref: per write)" \
         "$(median ${got[--pipe-batch]})" "$(median ${got[--pipe]})"
     note "refcheck changes/s per run: wsload --pipe ${got[--pipe]}; wsload --pipe-batch ${got[--pipe-batch]}"
+}
+
+# One client against pg_recvlogical on the 200,000-row transaction only,
+# alternating, each run on a fresh pgcdc (use BENCH_REPEAT=7 or more).
+scenario_single() {
+    local big=${BENCH_BIG:-200000} i
+    local -A got=()
+    for i in $(seq 1 "$REPEAT"); do
+        ref_run "single_$i" wl_bigtx $big -- -n $big -t 60
+        got[ref]+="$(rate_of "$DIR/ref-single_$i.out" $big) "
+        start_pgcdc "single_$i" "max_queue = 1073741824" || note "single: pgcdc did not start"
+        ws_run "single_$i" wl_bigtx $big -- -c 1 -n $big -t 60
+        got[pgcdc]+="$(rate_of "$DIR/ws-single_$i.out" $big) "
+        stop_pgcdc "single_$i"
+    done
+    # shellcheck disable=SC2086
+    row single "$big-row tx -> 1 client, changes/s (median of $REPEAT)" \
+        "$(median ${got[pgcdc]})" "$(median ${got[ref]})"
+    note "single changes/s per run: pgcdc ${got[pgcdc]}; pg_recvlogical ${got[ref]}"
 }
 
 # Fan-out against the kernel's own limit: bench/fanout_ref.c writes the same
