@@ -552,6 +552,60 @@ def t_columns():
     assert sorted(vals(cols)["id"] for cols in got) == [2, 3], got
 
 
+def t_query_failure():
+    """A query that fails closes with 1011 and the server's message: the
+    role lost its SELECT privilege after pgcdc checked it (cached 5 s)."""
+    sql("DROP TABLE IF EXISTS sn_rev; CREATE TABLE sn_rev (id int PRIMARY KEY); INSERT INTO sn_rev VALUES (1); "
+        "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sn_limited') THEN "
+        "CREATE ROLE sn_limited LOGIN REPLICATION; END IF; END$$; "
+        "GRANT USAGE ON SCHEMA public TO sn_limited; GRANT SELECT ON sn_rev TO sn_limited")
+    conn = "host=%s port=%s user=sn_limited dbname=%s" % (PGHOST, PGPORT, PGDATABASE)
+    with Pgcdc({"postgres": {"conninfo": conn}}) as pc:
+        async def go():
+            async with connect(pc, snap_path("*:sn_rev")) as ws:
+                rows, end = await read_snapshot(ws)
+                assert end["rows"] == 1, end
+            await asyncio.to_thread(sql, "REVOKE SELECT ON sn_rev FROM sn_limited")
+            ws = await connect(pc, snap_path("*:sn_rev"))
+            try:
+                m = await asyncio.wait_for(ws.recv(), 10)
+                raise AssertionError("a message from a failed query: %s" % m[:200])
+            except websockets.ConnectionClosed:
+                return ws.close_code, ws.close_reason
+        code, reason = asyncio.run(go())
+        assert code == 1011 and reason.startswith("snapshot failed: ") and "permission denied" in reason, \
+            (code, reason)
+        assert metrics(pc.port)['pgcdc_snapshot_failures_total{reason="query"}'] == 1
+        wait_until(lambda: open_snapshot_txns() == 0, 10, "no open snapshot transaction")
+
+
+def t_sse():
+    """The same messages as Server-Sent Events: S rows without an id, the E
+    marker with its pos as id, then changes."""
+    sql("DROP TABLE IF EXISTS sn_sse; CREATE TABLE sn_sse (id int PRIMARY KEY); INSERT INTO sn_sse VALUES (1)")
+    import socket
+    with Pgcdc() as pc:
+        s = socket.create_connection(("127.0.0.1", pc.port), timeout=10)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                   % (snap_path("*:sn_sse").replace("/ws?", "/sse?", 1), pc.port)).encode())
+        data = b""
+        deadline = time.time() + 10
+        while b'"action":"E"' not in data and time.time() < deadline:
+            data += s.recv(65536)
+        sql("INSERT INTO sn_sse VALUES (2)")
+        while not data.endswith(b"\n\n") or b'"action":"I"' not in data:
+            data += s.recv(65536)
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head, head[:200]
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert events[0] == "retry: 1000", events
+    assert events[1].startswith('data: {"action":"S"') and "id:" not in events[1], events[1]
+    e = json.loads(events[2].split("data: ", 1)[1])
+    assert e["action"] == "E" and events[2].startswith("id: %s\n" % e["pos"]), events[2]
+    assert '"action":"I"' in events[3] and events[3].startswith("id: "), events[3]
+
+
 # ---- pushdown and overtaking ----------------------------------------------------
 
 def table_stats():
@@ -615,6 +669,8 @@ def main():
         ("snapshot: 400 for since, bad values and history = 0; key null without one", t_bad_requests),
         ("snapshot: 403 when pgcdc's role cannot SELECT the table", t_permission),
         ("snapshot: columns= projects S rows, the filter sees the whole row", t_columns),
+        ("snapshot: a failing query closes with 1011 and the server's message", t_query_failure),
+        ("snapshot: over /sse, S events without id, E with its pos, then changes", t_sse),
         ("snapshot: the seam under load, 20 clients: rows plus changes equal the table", t_seam),
         ("snapshot: a slow reader pauses its snapshot, RSS bounded, others live", t_long_snapshot_bounded),
         ("snapshot: max_snapshots runs one at a time, in arrival order", t_queue_order),
