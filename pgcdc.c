@@ -2340,6 +2340,9 @@ checks:;
         /* EventSource resumes with Last-Event-ID: it is since, and wins */
         pd->leid = xstrndup(r->leid.p, r->leid.n);
         pd->prm.since = pd->leid;
+        /* an id is sent from the snapshot's end on: the client has the
+         * rows, so its reconnection resumes instead of starting over */
+        pd->prm.snapshot = NULL;
     }
     if (S.cfg.token) {
         const char *tok = NULL;

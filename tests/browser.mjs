@@ -54,6 +54,14 @@ async function main() {
   await page.waitForSelector('#state[data-state="live"], #state[data-state="snapshot"], #state[data-state="closed"]',
                              { timeout: 15000 });
   if (await page.getAttribute("#state", "data-state") === "closed") throw new Error("the server refused the subscription");
+  if (process.env.DEMO_CHECK) {
+    step = "waiting for the snapshot to fill the page";
+    await page.waitForSelector('#state[data-state="live"]', { timeout: 15000 });
+    const want = psql(process.env.DEMO_CHECK).trim();
+    const got = await page.evaluate(() => [...document.querySelectorAll("#rows tr")]
+      .map((tr) => [...tr.cells].slice(0, 4).map((td) => td.textContent).join("|")).join("\n"));
+    if (got !== want) throw new Error("after the snapshot the page shows " + JSON.stringify(got) + ", the table holds " + JSON.stringify(want));
+  }
   if (process.env.DEMO_SQL) {
     step = "running DEMO_SQL";
     psql(process.env.DEMO_SQL);

@@ -118,7 +118,9 @@ if ! { psql -X -q -v ON_ERROR_STOP=1 -c "CREATE TABLE $table (id int PRIMARY KEY
 	CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,
 	                     status text NOT NULL DEFAULT 'new', total numeric(10,2) NOT NULL,
 	                     created_at timestamptz NOT NULL DEFAULT now());
-	ALTER TABLE orders REPLICA IDENTITY FULL"; } >"$tmp/psql.out" 2>&1; then
+	ALTER TABLE orders REPLICA IDENTITY FULL;
+	INSERT INTO orders (customer, total) VALUES ('ada', 12.5), ('grace', 7), ('linus', 300.25);
+	UPDATE orders SET status = 'paid' WHERE customer = 'grace'"; } >"$tmp/psql.out" 2>&1; then
 	notok "demo page at / shows the orders table live in Chromium" "could not create it: $(head -c 300 "$tmp/psql.out")"
 	finish
 fi
@@ -138,13 +140,17 @@ else
 	value="hello from psql $$"
 	for transport in ws sse; do
 		url="http://127.0.0.1:$port/"
-		[ $transport = sse ] && url="$url?transport=sse"
+		# the rows there are come from the snapshot; then changes (over SSE
+		# a truncate first)
+		change="INSERT INTO orders (customer, total) VALUES ('$value $transport', 1.5);
+		        UPDATE orders SET status = 'paid' WHERE customer = 'ada'; DELETE FROM orders WHERE customer = 'linus'"
+		if [ $transport = sse ]; then
+			url="$url?transport=sse"
+			change="TRUNCATE orders; INSERT INTO orders (customer, total) VALUES ('ada', 1), ('linus', 2); $change"
+		fi
 		out=$(cd "$here" && DEMO_URL="$url" DEMO_DB="$demodb" DEMO_TRANSPORT=$transport \
 			DEMO_NAME="demo page at / shows the orders table live in Chromium ($transport)" \
-			DEMO_SQL="TRUNCATE orders; INSERT INTO orders (customer, total) VALUES ('ada', 12.5), ('grace', 7), ('linus', 300.25);
-			          UPDATE orders SET status = 'paid' WHERE customer = 'grace';
-			          INSERT INTO orders (customer, total) VALUES ('$value $transport', 1.5);
-			          UPDATE orders SET status = 'paid' WHERE customer = 'ada'; DELETE FROM orders WHERE customer = 'linus'" \
+			DEMO_SQL="$change" \
 			DEMO_EXPECT="$value $transport" DEMO_SHOT="$ARTIFACTS_DIR/demo-$transport.png" \
 			DEMO_CHECK="SELECT id, customer, status, total::float8 FROM orders ORDER BY id" \
 			timeout -k 5 100 node browser.mjs 2>&1)
@@ -164,7 +170,7 @@ else
 fi
 
 # SSE and pgcdc.js in Chromium: browser_live.mjs starts its own pgcdc.
-for scenario in eventsource refusals; do
+for scenario in eventsource refusals live-ws live-sse; do
 	out=$(cd "$here" && TMPDIR=$tmp timeout -k 5 170 node browser_live.mjs $scenario 2>&1)
 	rc=$?
 	line=$(printf '%s\n' "$out" | grep -E '^(not )?ok - ' | head -n 1)

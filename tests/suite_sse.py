@@ -563,6 +563,29 @@ def t_sse_metrics():
         wait_until(lambda: metric(pc.port, 'pgcdc_clients_by_transport{transport="sse"}') == 0, 10, "0 sse")
 
 
+def t_sse_snapshot():
+    t = "sse_snap"
+    make_table(t)
+    rows_inserted(t, 1, 3)
+    with Pgcdc() as pc:
+        c = SSE(pc.port, sse_path("*:" + t) + "&snapshot=1")
+        check_stream_head(c)
+        assert c.next_event() == b"retry: 1000"
+        evs = [c.next_event() for _ in range(4)]
+        for ev in evs[:3]:
+            assert ev.startswith(b"data: {\"action\":\"S\"") and b"\nid:" not in ev, ev
+        assert evs[3].startswith(b"id: ") and b'"action":"E","rows":3,"key":["id"]' in evs[3], evs[3]
+        eid = evs[3].split(b"\n")[0][4:].decode()
+        c.close()
+        rows_inserted(t, 4, 4)
+        # the EventSource comes back with the E marker's id: no second snapshot
+        c = SSE(pc.port, sse_path("*:" + t) + "&snapshot=1", headers=[("Last-Event-ID", eid)])
+        check_stream_head(c)
+        pid, d, _ = c.next_data()
+        assert d["action"] == "I" and d["columns"][0]["value"] == 4 and pid == d["pos"], d
+        c.close()
+
+
 def t_sse_curl():
     """curl -N shows the events as they come."""
     t = "sse_curl"
@@ -627,15 +650,13 @@ def t_readme_examples():
                 lines = []
                 threading.Thread(target=lambda p=p, lines=lines: lines.extend(p.stdout), daemon=True).start()
                 outs.append(lines)
-            # live() reports its snapshot first (an empty table: no rows)
-            changes = lambda lines: [x for x in lines if not x.startswith("snapshot ")]  # noqa: E731
-            for lines in outs:
-                wait_until(lambda lines=lines: len(changes(lines)) >= 2, 20, lambda: "output %r" % outs)
-            outs = [[x.rstrip("\n") for x in changes(lines)] for lines in outs]
+            for lines, k in zip(outs, (2, 3)):
+                wait_until(lambda lines=lines, k=k: len(lines) >= k, 20, lambda: "output %r" % outs)
+            outs = [[x.rstrip("\n") for x in lines] for lines in outs]
             sub, lv = outs
             assert sub[0].split(" ")[1] == "I" and '"value":1' in sub[0] and sub[1].split(" ")[1] == "U", sub
             assert sub[0].split(" ")[0] < sub[1].split(" ")[0] or len(sub[0]) != len(sub[1]), sub
-            assert lv[0].startswith("I ") and lv[0].endswith(" 1 paid orders") and lv[1].startswith("U "), lv
+            assert lv == ["snapshot null 0 paid orders", "I 1 1 paid orders", "U 1 1 paid orders"], lv
     finally:
         for p in procs:
             p.kill()
@@ -864,6 +885,7 @@ TESTS = [
     ("sse: an expiring grant ends the stream with event: close", t_sse_grant_expiry),
     ("sse: metrics count clients by transport", t_sse_metrics),
     ("sse: a since that cannot be served yet is held open with pings, then served", t_sse_held_until_servable),
+    ("sse: snapshot=1: S rows without id, the E marker with one; Last-Event-ID resumes instead", t_sse_snapshot),
     ("sse: curl -N shows the events", t_sse_curl),
     ("README's pgcdc.js examples run in Node as printed", t_readme_examples),
     ("GET /pgcdc.js: the module, cacheable, 304 on its ETag, 404 without demo_page", t_js_served),
@@ -875,6 +897,10 @@ TESTS = [
      t_js_restart_ws),
     ("pgcdc.js subscribe() over SSE (fetch) resumes across a pgcdc restart, every row once",
      t_js_restart_sse),
+    ("pgcdc.js live() over WebSocket in Node equals the table (burst, TOAST, key change, restart, 410, truncate)",
+     t_js_live_ws),
+    ("pgcdc.js live() over SSE in Node equals the table (burst, TOAST, key change, restart, 410, truncate)",
+     t_js_live_sse),
 ]
 
 if __name__ == "__main__":
