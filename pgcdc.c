@@ -1023,8 +1023,10 @@ typedef struct server {
     char pos_idx[12];         /* the index last written, in decimal */
     uint32_t pos_idx_v;
     uint8_t pos_idx_n;        /* (0: none yet) */
-    char *mbuf;               /* matcher scratch (spec_match) */
+    match_ctx match;          /* the change being matched */
+    char *mbuf;               /* ... its unescaped values */
     size_t mcap;
+    col_cache *mcols;         /* ... its columns, COLS_MAX */
     jwt *tok;                 /* the token being checked (about 20 KB) */
     /* projected frames of the change being broadcast, one per projection */
     struct proj_frame { const spec *sp; frame *f; } *proj;
@@ -1768,17 +1770,22 @@ static void flush_dirty(void)
     }
 }
 
-/* Matches a history frame against the client's subscription. */
-/* Scratch for spec_match, room for a record of len bytes. */
-static char *match_scratch(size_t len)
+/* Starts matching the change r (a record of len bytes) against
+ * subscriptions: its values are worked out once, for all of them. */
+static void match_change(const w2j_record *r, size_t len)
 {
     if (S.mcap < len + 1) {
         S.mcap = len + 1;
         S.mbuf = xrealloc(S.mbuf, S.mcap);
     }
-    return S.mbuf;
+    if (!S.mcols) {
+        S.mcols = xmalloc(COLS_MAX * sizeof *S.mcols);
+        memset(S.mcols, 0, COLS_MAX * sizeof *S.mcols);
+    }
+    match_begin(&S.match, r, S.mbuf, S.mcap, S.mcols, COLS_MAX);
 }
 
+/* Matches a history frame against the client's subscription. */
 static int frame_matches(client *c, frame *f)
 {
     const spec *sp = c->grp->sp;
@@ -1790,7 +1797,8 @@ static int frame_matches(client *c, frame *f)
     if (w2j_parse((const char *)f->data + f->hdr, f->len - f->hdr, S.repl.toks, S.repl.ntoks,
                   S.repl.cols, S.repl.ncols, &r) != JSON_OK)
         return 0;
-    return spec_match(sp, &r, match_scratch(f->len), S.mcap);
+    match_change(&r, f->len);
+    return spec_match(sp, &S.match);
 }
 
 /* Catching up: queues the history after the client's cursor, a part at a
@@ -3443,10 +3451,12 @@ static void handle_change(const char *rec, size_t len, w2j_record *r)
     f->idx = idx;
     f->xid = S.repl.cur_xid;
     hist_push(f);
+    if (t && t->groups)
+        match_change(r, len);
     if (t) {
         for (group *g = t->groups, *gnext; g; g = gnext) {
             gnext = g->next;   /* g goes away if its last member is dropped */
-            if (!spec_match(g->sp, r, match_scratch(len), S.mcap))
+            if (!spec_match(g->sp, &S.match))
                 continue;
             frame *gf = g->sp->ncols ? frame_projected(f, g->sp) : f;
             if (!gf)
@@ -4179,7 +4189,8 @@ static int snap_row_matches(snapjob *j)
     if (w2j_parse(j->row.p, j->row.n, S.repl.toks, S.repl.ntoks, S.repl.cols, S.repl.ncols, &r) != JSON_OK)
         return 0;
     r.action = 'I';
-    return spec_match(&any, &r, match_scratch(j->row.n), S.mcap);
+    match_change(&r, j->row.n);
+    return spec_match(&any, &S.match);
 }
 
 /* The position for the E marker: the newest one before the first change

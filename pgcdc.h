@@ -338,7 +338,15 @@ typedef struct filter {
                            a rule's filter with a claim put in, the rule's
                            text and the values (hex), for the key only */
     uint8_t from_rule;  /* added by a [rules] entry, not by the client */
+    const fval **by_bytes;  /* in: the values sorted by bytes ... */
+    const fval **by_num;    /* ... and the numeric ones by value */
+    unsigned nnum;
 } filter;
+
+/* What a client may ask for (a 400 beyond): filters it writes, and values
+ * in all its in-lists together. */
+#define SPEC_MAX_FILTERS 16
+#define SPEC_MAX_IN 1000
 
 /* A parsed subscription; everything lives in one allocation (free(spec)). */
 typedef struct spec {
@@ -413,11 +421,35 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
 int spec_has_col(const spec *sp, const char *name, size_t n);
 /* SUB_* bit of a wal2json action letter ('I', 'U', 'D', 'T'), else 0. */
 uint8_t action_bit(char a);
-/* Does the change r (of spec's table) match the spec's types and filters?
- * String values with escapes are unescaped into scratch[0..cap), which must
- * hold the longest string value plus one byte (the record's length plus one
- * always does). */
-int spec_match(const spec *s, const w2j_record *r, char *scratch, size_t cap);
+/* One column's value as the matcher compares it, worked out at most once
+ * per change whatever the number of subscriptions asking. */
+typedef struct col_cache {
+    uint32_t gen;       /* == match_ctx.gen once worked out for this change */
+    uint8_t isnum;      /* a JSON number, parsed into num */
+    uint8_t bad;        /* a string that does not unescape (never matches) */
+    slice v;            /* the value: unescaped for strings, else as written */
+    decnum num;
+} col_cache;
+
+/* A change being matched against subscriptions.  Keep one (zeroed once)
+ * and call match_begin for each change. */
+typedef struct match_ctx {
+    const w2j_record *r;
+    char *buf;          /* unescaped strings ... */
+    size_t cap, used;   /* ... room: the record's length suffices */
+    col_cache *cols;    /* one per column and identity column of r */
+    uint32_t gen;
+} match_ctx;
+
+/* Starts matching the change r: buf[0..cap) receives its unescaped string
+ * values, cols[0..ncap) (ncap >= r's columns plus identity columns, zeroed
+ * before the first use) caches each column's value. */
+void match_begin(match_ctx *m, const w2j_record *r, char *buf, size_t cap,
+                 col_cache *cols, unsigned ncap);
+/* Does the change (of spec's table) match the spec's types and filters?
+ * Costs a pass over the column names per filter, each value worked out
+ * once per change, and for an in-list a binary search. */
+int spec_match(const spec *s, match_ctx *m);
 /* Parses a decimal number written as JSON allows, or also with a leading '+',
  * a leading '.', or a trailing '.' when lax.  Returns 0 or -1. */
 int num_parse(const char *s, size_t n, int lax, decnum *d);

@@ -612,6 +612,42 @@ static int parse_filter(arena *a, const char *s, char *err, size_t errlen, filte
 /* Writes the canonical key of sp into out (snprintf-like: returns the full
  * length; out may be NULL when cap is 0).  Parts are length-prefixed, so no
  * two different specs can share a key. */
+static int fval_bytes_cmp(const void *a, const void *b)
+{
+    const fval *x = *(const fval *const *)a, *y = *(const fval *const *)b;
+    int r = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+    return r ? r : (x->n > y->n) - (x->n < y->n);
+}
+
+static int fval_num_cmp(const void *a, const void *b)
+{
+    return num_cmp(&(*(const fval *const *)a)->num, &(*(const fval *const *)b)->num);
+}
+
+/* The in-lists' values sorted for a binary search: all by bytes, the
+ * numeric ones by value.  Returns 0, or -1 when the arena is short. */
+static int sort_in_lists(arena *a, spec *sp)
+{
+    for (unsigned i = 0; i < sp->nfilters; i++) {
+        filter *f = &sp->filters[i];
+        if (f->op != OP_IN)
+            continue;
+        f->by_bytes = arena_get(a, f->nvals * sizeof *f->by_bytes);
+        f->by_num = arena_get(a, f->nvals * sizeof *f->by_num);
+        if (!f->by_bytes || !f->by_num)
+            return -1;
+        f->nnum = 0;
+        for (unsigned k = 0; k < f->nvals; k++) {
+            f->by_bytes[k] = &f->vals[k];
+            if (f->vals[k].isnum)
+                f->by_num[f->nnum++] = &f->vals[k];
+        }
+        qsort(f->by_bytes, f->nvals, sizeof *f->by_bytes, fval_bytes_cmp);
+        qsort(f->by_num, f->nnum, sizeof *f->by_num, fval_num_cmp);
+    }
+    return 0;
+}
+
 static size_t key_write(const spec *sp, char *out, size_t cap)
 {
     size_t n = 0;
@@ -762,8 +798,10 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
     /* worst case: names twice, each filter's text, column and values
      * (about 4 times its length), the key (twice the text), the columns
      * (names, pointers, and their share of the key) */
+    /* ... and each in-list's values sorted twice (pointers) */
     size_t cap = sizeof(spec) + nf * sizeof(filter) + (total + nf) * sizeof(fval) +
-                 8 * total + 64 * nf + 512 + 2 * extra + ncols_max * (sizeof(char *) + 32);
+                 8 * total + 64 * nf + 512 + 2 * extra + ncols_max * (sizeof(char *) + 32) +
+                 2 * (total + nf + extra) * sizeof(fval *);
     arena a = { malloc(cap), 0, cap };
     *status = 400;
     if (!a.p) {
@@ -816,6 +854,11 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
         sp->schema = arena_str(&a, "public", 6);
         sp->table = p1;
     }
+    if (nfilters + (c2 != NULL) > SPEC_MAX_FILTERS) {
+        snprintf(err, errlen, "too many filters: %u (at most %d per subscription)", nfilters + (c2 != NULL),
+                 SPEC_MAX_FILTERS);
+        goto fail;
+    }
     if (c2) {
         if (parse_filter(&a, c2 + 1, err, errlen, &sp->filters[sp->nfilters]))
             goto fail;
@@ -825,6 +868,14 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
         if (parse_filter(&a, filters[i], err, errlen, &sp->filters[sp->nfilters]))
             goto fail;
         sp->nfilters++;
+    }
+    size_t nin = 0;
+    for (unsigned i = 0; i < sp->nfilters; i++)
+        if (sp->filters[i].op == OP_IN)
+            nin += sp->filters[i].nvals;
+    if (nin > SPEC_MAX_IN) {
+        snprintf(err, errlen, "too many values in in-lists: %zu (at most %d per subscription)", nin, SPEC_MAX_IN);
+        goto fail;
     }
     if (columns) {
         int k = parse_columns(&a, columns, &sp->cols);
@@ -866,6 +917,10 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
                 sp->cols[i] = arena_str(&a, r->sp->cols[i], strlen(r->sp->cols[i]));
             sp->ncols = r->sp->ncols;
         }
+    }
+    if (sort_in_lists(&a, sp)) {
+        snprintf(err, errlen, "query too long");
+        goto fail;
     }
     /* canonical key: length-prefixed parts, so no two specs can collide */
     size_t kn = key_write(sp, NULL, 0);
@@ -1052,55 +1107,113 @@ const rule *rule_find(const rule *rules, unsigned n, const char *schema, const c
 
 /* ---- matching a change ---- */
 
-static const w2j_col *find_col(const w2j_col *cols, unsigned n, const filter *f)
+/* Index of the column named as f's, among n from first, or -1. */
+static long find_col(const w2j_record *r, unsigned first, unsigned n, const filter *f)
 {
-    for (unsigned i = 0; i < n; i++)
-        if (json_str_eq(cols[i].name, f->col, f->col_len))
-            return &cols[i];
-    return NULL;
+    for (unsigned i = first; i < first + n; i++)
+        if (json_str_eq(r->cols[i].name, f->col, f->col_len))
+            return (long)i;
+    return -1;
+}
+
+void match_begin(match_ctx *m, const w2j_record *r, char *buf, size_t cap,
+                 col_cache *cols, unsigned ncap)
+{
+    m->r = r;
+    m->buf = buf;
+    m->cap = cap;
+    m->used = 0;
+    m->cols = cols;
+    if (++m->gen == 0) {   /* after 2^32 changes: start the marks afresh */
+        memset(cols, 0, ncap * sizeof *cols);
+        m->gen = 1;
+    }
+}
+
+/* Column i's value, unescaped or parsed as a number the first time any
+ * filter of this change asks for it. */
+static const col_cache *col_value(match_ctx *m, unsigned i)
+{
+    col_cache *cc = &m->cols[i];
+    const w2j_col *c = &m->r->cols[i];
+    if (cc->gen == m->gen)
+        return cc;
+    cc->gen = m->gen;
+    cc->isnum = 0;
+    cc->bad = 0;
+    cc->v = c->value;
+    if (c->vtype == JSON_NUMBER) {
+        cc->isnum = num_parse(c->value.p, c->value.n, 0, &cc->num) == 0;
+    } else if (c->vtype == JSON_STRING && memchr(c->value.p, '\\', c->value.n)) {
+        long un = json_unescape(c->value.p, c->value.n, m->buf + m->used, m->cap - m->used);
+        if (un < 0) {
+            cc->bad = 1;   /* cannot happen for what the tokenizer accepted */
+        } else {
+            cc->v = (slice){ m->buf + m->used, (size_t)un };
+            m->used += (size_t)un;
+        }
+    }
+    return cc;
+}
+
+static int bytes_cmp(const char *a, size_t an, const char *b, size_t bn)
+{
+    int r = memcmp(a, b, an < bn ? an : bn);
+    return r ? r : (an > bn) - (an < bn);
 }
 
 /* Compares a column's value with a filter value: <0, 0, >0. */
-static int value_cmp(const w2j_col *c, const fval *v, char *scratch, size_t scratch_cap)
+static int value_cmp(const col_cache *cc, uint8_t vtype, const fval *v)
 {
-    const char *t = c->value.p;
-    size_t tn = c->value.n;
-    if (c->vtype == JSON_NUMBER && v->isnum) {
-        decnum d;
-        if (num_parse(t, tn, 0, &d) == 0)
-            return num_cmp(&d, &v->num);
-    }
-    if (c->vtype == JSON_STRING && memchr(t, '\\', tn)) {
-        long un = json_unescape(t, tn, scratch, scratch_cap);
-        if (un < 0)
-            return 1;   /* cannot happen for what the tokenizer accepted */
-        t = scratch;
-        tn = (size_t)un;
-    }
-    size_t m = tn < v->n ? tn : v->n;
-    int r = memcmp(t, v->s, m);
-    if (r)
-        return r;
-    return tn < v->n ? -1 : tn > v->n;
+    if (cc->bad)
+        return 1;
+    if (vtype == JSON_NUMBER && v->isnum && cc->isnum)
+        return num_cmp(&cc->num, &v->num);
+    return bytes_cmp(cc->v.p, cc->v.n, v->s, v->n);
 }
 
-static int filter_eval(const filter *f, const w2j_col *c, char *scratch, size_t cap)
+/* Is the value in the in-list?  A binary search of the values sorted by
+ * bytes, or of the numeric ones by value for a number column (whose text,
+ * a JSON number, can only equal a value that reads as a number too). */
+static int in_list(const filter *f, const col_cache *cc, uint8_t vtype)
 {
-    if (!c)
+    const fval *const *v = f->by_bytes;
+    size_t lo = 0, hi = f->nvals;
+    int num = !cc->bad && vtype == JSON_NUMBER && cc->isnum;
+    if (cc->bad)
         return 0;
-    if (f->op == OP_IS)
-        return (f->is == IS_NULL && c->vtype == JSON_NULL) ||
-               (f->is == IS_TRUE && c->vtype == JSON_TRUE) ||
-               (f->is == IS_FALSE && c->vtype == JSON_FALSE);
-    if (c->vtype == JSON_NULL || c->vtype == JSON_NONE)
-        return 0;
-    if (f->op == OP_IN) {
-        for (unsigned i = 0; i < f->nvals; i++)
-            if (value_cmp(c, &f->vals[i], scratch, cap) == 0)
-                return 1;
-        return 0;
+    if (num) {
+        v = f->by_num;
+        hi = f->nnum;
     }
-    int r = value_cmp(c, &f->vals[0], scratch, cap);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int r = num ? num_cmp(&cc->num, &v[mid]->num) : bytes_cmp(cc->v.p, cc->v.n, v[mid]->s, v[mid]->n);
+        if (!r)
+            return 1;
+        if (r < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return 0;
+}
+
+static int filter_eval(const filter *f, match_ctx *m, long col)
+{
+    if (col < 0)
+        return 0;
+    uint8_t vtype = m->r->cols[col].vtype;
+    if (f->op == OP_IS)
+        return (f->is == IS_NULL && vtype == JSON_NULL) ||
+               (f->is == IS_TRUE && vtype == JSON_TRUE) ||
+               (f->is == IS_FALSE && vtype == JSON_FALSE);
+    if (vtype == JSON_NULL || vtype == JSON_NONE)
+        return 0;
+    const col_cache *cc = col_value(m, (unsigned)col);
+    if (f->op == OP_IN)
+        return in_list(f, cc, vtype);
+    int r = value_cmp(cc, vtype, &f->vals[0]);
     switch (f->op) {
     case OP_EQ: return r == 0;
     case OP_NEQ: return r != 0;
@@ -1122,8 +1235,9 @@ uint8_t action_bit(char a)
     }
 }
 
-int spec_match(const spec *s, const w2j_record *r, char *scratch, size_t cap)
+int spec_match(const spec *s, match_ctx *m)
 {
+    const w2j_record *r = m->r;
     uint8_t bit = action_bit(r->action);
     if (!(s->types & bit))
         return 0;
@@ -1131,12 +1245,12 @@ int spec_match(const spec *s, const w2j_record *r, char *scratch, size_t cap)
         return 1;
     for (unsigned i = 0; i < s->nfilters; i++) {
         const filter *f = &s->filters[i];
-        const w2j_col *c = NULL;
+        long c = -1;
         if (bit != SUB_DELETE)
-            c = find_col(r->cols, r->ncols, f);
-        if (!c && bit != SUB_INSERT)   /* update: unchanged TOAST; delete: old key */
-            c = find_col(r->cols + r->ncols, r->nident, f);
-        if (!filter_eval(f, c, scratch, cap))
+            c = find_col(r, 0, r->ncols, f);
+        if (c < 0 && bit != SUB_INSERT)   /* update: unchanged TOAST; delete: old key */
+            c = find_col(r, r->ncols, r->nident, f);
+        if (!filter_eval(f, m, c))
             return 0;
     }
     return 1;

@@ -429,16 +429,104 @@ static void spec_long_in(void)
     }
     free(sp);
 
-    /* many short elements, as many as the list is long */
+    /* many short elements, as many as the list is long: 1000 is the most
+     * a subscription may hold, and the refusal of 1001 says so */
     o = 0;
     o += (size_t)snprintf(f + o, sizeof f - o, "id.in.");
-    for (int i = 0; i < 1000; i++)
+    for (int i = 0; i < 999; i++)
         f[o++] = ',';
     f[o] = 0;
     sp = spec_parse("*:t", fl, 1, err, sizeof err);
     CHECK(sp != NULL);
     if (sp)
-        CHECK_EQ(sp->filters[0].nvals, 1001);
+        CHECK_EQ(sp->filters[0].nvals, 1000);
+    free(sp);
+    f[o++] = ',';
+    f[o] = 0;
+    sp = spec_parse("*:t", fl, 1, err, sizeof err);
+    CHECK(sp == NULL);
+    CHECK(strstr(err, "too many values in in-lists: 1001 (at most 1000") != NULL);
+    free(sp);
+}
+
+/* At most 16 filters a client writes, counting the query's own. */
+static void spec_filter_cap(void)
+{
+    char *fl[17];
+    char err[512] = "";
+    for (int i = 0; i < 17; i++)
+        fl[i] = "a.eq.1";
+    spec *sp = spec_parse("*:t:a.eq.1", fl, 15, err, sizeof err);
+    CHECK(sp != NULL);
+    if (sp)
+        CHECK_EQ(sp->nfilters, 16);
+    free(sp);
+    sp = spec_parse("*:t:a.eq.1", fl, 16, err, sizeof err);
+    CHECK(sp == NULL);
+    CHECK(strstr(err, "too many filters: 17 (at most 16") != NULL);
+    free(sp);
+    sp = spec_parse("*:t", fl, 17, err, sizeof err);
+    CHECK(sp == NULL);
+    /* two in-lists share the 1000 */
+    static char f1[2100], f2[2100];
+    size_t o1 = (size_t)snprintf(f1, sizeof f1, "a.in."), o2 = (size_t)snprintf(f2, sizeof f2, "b.in.");
+    for (int i = 0; i < 499; i++) {
+        f1[o1++] = ',';
+        f2[o2++] = ',';
+    }
+    f1[o1] = f2[o2] = 0;
+    char *two[2] = { f1, f2 };
+    sp = spec_parse("*:t", two, 2, err, sizeof err);
+    CHECK(sp != NULL);
+    free(sp);
+    f2[o2++] = ',';
+    f2[o2] = 0;
+    sp = spec_parse("*:t", two, 2, err, sizeof err);
+    CHECK(sp == NULL);
+    free(sp);
+}
+
+/* An in-list of 1000 values decides by a binary search: the same answers
+ * as comparing each value, for strings, numbers written differently, and
+ * escaped column values. */
+static void in_list_search(void)
+{
+    static char f[16384];
+    char err[512] = "";
+    size_t o = (size_t)snprintf(f, sizeof f, "v.in.(");
+    for (int i = 999; i >= 0; i--)
+        o += (size_t)snprintf(f + o, sizeof f - o, "%s%d", i == 999 ? "" : ",", i * 7);
+    snprintf(f + o, sizeof f - o, ")");
+    char *fl[1] = { f };
+    spec *sp = spec_parse("*:t", fl, 1, err, sizeof err);
+    CHECK(sp != NULL);
+    if (!sp)
+        return;
+    static const struct { const char *rec; int want; } rs[] = {
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"int\",\"value\":6993}]}", 1 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"int\",\"value\":6993.0e0}]}", 1 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"int\",\"value\":0}]}", 1 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"int\",\"value\":6994}]}", 0 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"text\",\"value\":\"14\"}]}", 1 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"text\",\"value\":\"\\u0031\\u0034\"}]}", 1 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"text\",\"value\":\"14.0\"}]}", 0 },
+        { "{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"v\",\"type\":\"text\",\"value\":\"15\"}]}", 0 },
+    };
+    for (size_t i = 0; i < sizeof rs / sizeof rs[0]; i++) {
+        json_tok toks[64];
+        w2j_col cols[8];
+        w2j_record r;
+        static col_cache cc[8];
+        static match_ctx m;
+        char buf[256];
+        size_t n = strlen(rs[i].rec);
+        CHECK_EQ(w2j_parse(rs[i].rec, n, toks, 64, cols, 8, &r), JSON_OK);
+        match_begin(&m, &r, buf, sizeof buf, cc, 8);
+        int got = spec_match(sp, &m);
+        if (got != rs[i].want)
+            fprintf(stderr, "  %s:%d: record %zu: got %d, expected %d\n", __FILE__, __LINE__, i, got, rs[i].want);
+        CHECK_EQ(got, rs[i].want);
+    }
     free(sp);
 }
 
@@ -934,7 +1022,12 @@ static void match_cases(void)
         }
         size_t cap = strlen(rec_text[c->rec]) + 1;
         char *scratch = malloc(cap);
-        int got = spec_match(sp, &recs[c->rec].r, scratch, cap);
+        static col_cache cc[NCOLS];
+        static match_ctx m;
+        match_begin(&m, &recs[c->rec].r, scratch, cap, cc, NCOLS);
+        int got = spec_match(sp, &m);
+        if (spec_match(sp, &m) != got)   /* the cached values answer the same */
+            FAIL_AT(c->line, "record %u, \"%s\": a second spec_match differs", c->rec, c->q);
         free(scratch);
         if (!got != !c->want)
             FAIL_AT(c->line, "record %u, \"%s\"%s%s: %s, expected %s", c->rec, c->q,
@@ -1146,6 +1239,8 @@ void test_query(void)
     TEST("query: spec_parse filters and operators") filter_cases();
     TEST("query: spec_parse error messages") spec_messages();
     TEST("query: spec_parse long in-lists") spec_long_in();
+    TEST("query: at most 16 filters and 1000 in-list values") spec_filter_cap();
+    TEST("query: in-lists by binary search") in_list_search();
     TEST("query: spec_parse survives in-lists followed by filters") spec_in_then_more();
     TEST("query: canonical keys") key_cases();
     TEST("query: num_parse strict and lax") num_parse_cases();
