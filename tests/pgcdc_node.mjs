@@ -35,6 +35,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
     out({ dump: { rows: h.rows ? [...h.rows.entries()] : null, pos: h.pos, key: h.key || null, status: h.status } });
   } else if (line === "close") {
     closing = true;
+    if (h.status === "closed") process.exit(0);   // ended already (a refusal)
     h.close();
   }
 }).on("close", () => { closing = true; h.close(); setTimeout(() => process.exit(0), 100); });
