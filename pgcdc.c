@@ -2269,8 +2269,8 @@ done:
     return out;
 }
 
-/* /sse: the method (GET or HEAD), the CORS answer for an allowed
- * foreign page, Last-Event-ID; then the checks of /ws.  1: go on. */
+/* /sse: the method (GET or HEAD) and the CORS answer for an allowed
+ * foreign page; then the checks of /ws.  1: go on. */
 static int sse_request(client *c, http_req *r)
 {
     if (!c->head && !(r->method.n == 3 && !memcmp(r->method.p, "GET", 3))) {
@@ -2282,10 +2282,6 @@ static int sse_request(client *c, http_req *r)
      * with no list, accepts) */
     if (http_origin_check(r, &S.cfg.origins) > 0 && http_origin_check(r, NULL) < 0 && r->origin.n <= 200)
         c->cors = xstrndup(r->origin.p, r->origin.n);
-    if (r->nleid > 1) {
-        http_error(c, 400, NULL, "more than one Last-Event-ID header");
-        return 0;
-    }
     return 1;
 }
 
@@ -2344,9 +2340,10 @@ checks:;
     int origin = http_origin_check(r, &S.cfg.origins);
     c->browser = (uint8_t)(origin > 0 && !c->sse);   /* SSE: plain statuses */
     int perr = params_parse(r->query.p, r->query.n, &pd->prm, err, sizeof err);
-    if (!perr && r->nleid && r->leid.n) {
-        /* EventSource resumes with Last-Event-ID: it is since, and wins */
-        pd->leid = xstrndup(r->leid.p, r->leid.n);
+    if (!perr && r->nleid && (r->leid.n || r->nleid > 1)) {
+        /* EventSource resumes with Last-Event-ID: it is since, and wins
+         * (two of them are malformed, refused where since syntax is) */
+        pd->leid = r->nleid > 1 ? xstrndup("(two headers)", 13) : xstrndup(r->leid.p, r->leid.n);
         pd->prm.since = pd->leid;
         /* an id is sent from the snapshot's end on: the client has the
          * rows, so its reconnection resumes instead of starting over */

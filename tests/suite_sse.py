@@ -418,6 +418,10 @@ def t_sse_errors():
         expect_refusal(p, sse_path("*:" + t, ["v.zz.1"]) + q, 400, "zz")
         expect_refusal(p, sse_path("*:" + t, since="nonsense") + q, 400, "since")
         expect_refusal(p, sse_path("*:" + t) + q, 400, "last-event-id", headers=[("Last-Event-ID", "0/0:x")])
+        expect_refusal(p, sse_path("*:" + t) + q, 400, "last-event-id",
+                       headers=[("Last-Event-ID", "0/1:0"), ("Last-Event-ID", "0/1:0")])
+        # a malformed Last-Event-ID is a syntax error: after credentials and Origin
+        expect_refusal(p, sse_path("*:" + t), 401, "token", headers=[("Last-Event-ID", "x")])
         expect_refusal(p, sse_path("*:sse_other") + q, 403, "sse_other")
         expect_refusal(p, sse_path("*:sse_nosuch") + q, 400, "sse_nosuch")
         # check order: credentials before Origin before syntax before the allow-list
