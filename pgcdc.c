@@ -798,6 +798,10 @@ struct table {
     uint8_t can_select;  /* ... pgcdc's role may SELECT it */
     group *groups;
     table *next;         /* hash chain */
+    /* this table's frames in the history, oldest first (a ring), so that a
+     * replay looks at them and no others */
+    frame **hx;
+    uint32_t hxcap, hxhead, hxn;
 };
 
 enum cstate { C_HTTP, C_PENDING, C_WS, C_CLOSING, C_LINGER };
@@ -930,6 +934,7 @@ typedef struct hist_state {
     uint64_t last_lsn;      /* last position broadcast */
     uint32_t last_idx;
     int have_last;
+    int64_t replay_work;    /* what replays may still do this loop turn */
 } hist_state;
 
 /* The ordinary connection that asks whether a table exists. */
@@ -1094,6 +1099,10 @@ static void waiting_del(client *c);
 #define SHUTDOWN_MS 3000          /* on SIGTERM, for clients to take their 1001 */
 #define ACCEPT_PAUSE_MS 100       /* out of descriptors: accept again after */
 #define LOG_EVERY_MS 10000        /* a repeated warning is logged at most this often */
+/* Work all replays together may do in one loop turn: a frame looked at
+ * costs 1, plus 1 per 256 bytes it holds (about a millisecond in all), so
+ * no replay holds up the others for long; each takes up again next turn. */
+#define REPLAY_WORK 2048
 #define WAITING_MAX 1024     /* connections with an unfinished request */
 #define PEER_WAITING_MAX 64  /* ... from one peer address */
 
@@ -1247,9 +1256,56 @@ static frame *frame_sse(frame *f)
     return e;
 }
 
+/* The table's index of the history: frame i (0 = oldest) ... */
+static frame *tab_hist_at(const table *t, uint32_t i)
+{
+    return t->hx[(t->hxhead + i) & (t->hxcap - 1)];
+}
+
+/* ... the first at or after sequence number seq (t->hxn if none) ... */
+static uint32_t tab_hist_from(const table *t, uint64_t seq)
+{
+    uint32_t lo = 0, hi = t->hxn;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (tab_hist_at(t, mid)->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* ... a new frame, and the oldest one leaving. */
+static void tab_hist_push(table *t, frame *f)
+{
+    if (t->hxn == t->hxcap) {
+        uint32_t ncap = t->hxcap ? t->hxcap * 2 : 64;
+        frame **nx = xmalloc(ncap * sizeof *nx);
+        for (uint32_t i = 0; i < t->hxn; i++)
+            nx[i] = tab_hist_at(t, i);
+        free(t->hx);
+        t->hx = nx;
+        t->hxcap = ncap;
+        t->hxhead = 0;
+    }
+    t->hx[(t->hxhead + t->hxn) & (t->hxcap - 1)] = f;
+    t->hxn++;
+}
+
+static void tab_hist_pop(table *t, frame *f)
+{
+    if (t->hxn && tab_hist_at(t, 0) == f) {
+        t->hxhead = (t->hxhead + 1) & (t->hxcap - 1);
+        t->hxn--;
+    }
+}
+
 static void hist_evict(void)
 {
     frame *f = S.hist.ring[S.hist.head];
+    if (f->tab)
+        tab_hist_pop(f->tab, f);
     S.hist.head = (S.hist.head + 1) & (S.hist.cap - 1);
     S.hist.n--;
     S.hist.first_seq++;
@@ -1285,6 +1341,8 @@ static void hist_push(frame *f)
     f->refs++;
     S.hist.ring[(S.hist.head + S.hist.n) & (S.hist.cap - 1)] = f;
     S.hist.n++;
+    if (f->tab)
+        tab_hist_push(f->tab, f);
     S.hist.bytes += frame_cost(f);
     while (S.hist.bytes > S.cfg.history && S.hist.n > 0)
         hist_evict();
@@ -1806,32 +1864,38 @@ static int frame_matches(client *c, frame *f)
 static void replay_fill(client *c)
 {
     size_t budget = S.cfg.max_queue / 2;
-    int scan = 2048;   /* frames looked at per call: others get their turn */
     if (!c->grp || c->snapping)
         return;
-    while (c->replaying && c->qbytes < budget && scan-- > 0) {
-        if (c->cursor >= S.hist.next_seq) {
-            c->replaying = 0;
-            c->snap_replay = 0;
-            log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
-            break;
-        }
-        frame *f = hist_at(c->cursor);
-        if (!f && c->snap_replay) {
-            log_info("client %llu %s: the history no longer holds the changes after its snapshot",
-                     (unsigned long long)c->id, c->addr);
-            S.snap.fail_overtaken++;
-            client_ws_close(c, WS_CLOSE_TRY_AGAIN, "snapshot overtaken", 1);
-            return;
-        }
-        if (!f) {
+    table *t = c->grp->tab;
+    uint32_t i = t && c->replaying ? tab_hist_from(t, c->cursor) : 0;
+    while (c->replaying && c->qbytes < budget) {
+        if (S.hist.replay_work <= 0)
+            return;   /* this turn's share is spent: the rest next turn */
+        if (c->cursor < S.hist.first_seq) {
+            if (c->snap_replay) {
+                log_info("client %llu %s: the history no longer holds the changes after its snapshot",
+                         (unsigned long long)c->id, c->addr);
+                S.snap.fail_overtaken++;
+                client_ws_close(c, WS_CLOSE_TRY_AGAIN, "snapshot overtaken", 1);
+                return;
+            }
             log_info("client %llu %s: fell behind the history while resuming", (unsigned long long)c->id,
                      c->addr);
             S.count.drop_slow++;
             client_ws_close(c, WS_CLOSE_TRY_AGAIN, "fell behind the history", 1);
             return;
         }
-        c->cursor++;
+        /* only this table's frames: the others cannot match */
+        if (!t || i >= t->hxn) {
+            c->cursor = S.hist.next_seq;
+            c->replaying = 0;
+            c->snap_replay = 0;
+            log_debug("client %llu %s: caught up", (unsigned long long)c->id, c->addr);
+            break;
+        }
+        frame *f = tab_hist_at(t, i++);
+        c->cursor = f->seq + 1;
+        S.hist.replay_work -= 1 + (int64_t)(f->len / 256);
         if (frame_matches(c, f) && !seen_already(c, f) && !snap_hides(c, f)) {
             if (!c->grp->sp->ncols) {
                 q_push(c, f);
@@ -4959,6 +5023,7 @@ static int run(void)
     S.repl.wait_until = 0;
     for (;;) {
         S.now = now_ms();
+        S.hist.replay_work = REPLAY_WORK;
         if (S.stop && !shutting) {
             shutting = 1;
             begin_shutdown();
