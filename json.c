@@ -900,6 +900,34 @@ FP_INLINE const unsigned char *fp_cols(const unsigned char *p, const unsigned ch
             return NULL;
         w2j_col *c = &cols[have + m++];
         int seen = 0, rc;
+        /* wal2json's own shape, {"name":"..","type":"..","value":..}, in
+         * one straight line; anything else from the top, member by member */
+        if (e - p >= 9 && at8(p, "{\"name\":") && p[8] == '"') {
+            const unsigned char *q = fp_str(p + 8, e, &c->name, &esc);
+            if (q && e - q >= 9 && at8(q, ",\"type\":") && q[8] == '"')
+                q = fp_str(q + 8, e, &c->type, &esc);
+            else
+                q = NULL;
+            if (q && e - q >= 9 && at8(q, ",\"value\"") && q[8] == ':') {
+                q += 9;
+                if (q < e && *q == '"') {
+                    c->vtype = JSON_STRING;
+                    q = fp_str(q, e, &c->value, &esc);
+                } else if (q < e && (*q == '-' || is_digit(*q))) {
+                    c->vtype = JSON_NUMBER;
+                    q = fp_num(q, e, &c->value);
+                } else if (q < e && (*q == 'n' || *q == 't' || *q == 'f')) {
+                    q = fp_lit(q, e, &c->value, &c->vtype);
+                } else {
+                    q = NULL;
+                }
+                if (q && q < e && *q == '}') {
+                    p = q + 1;
+                    NEXT(']', r);
+                    continue;
+                }
+            }
+        }
         p++;
         c->name.p = c->type.p = c->value.p = buf;
         c->name.n = c->type.n = c->value.n = 0;
@@ -997,14 +1025,37 @@ static const unsigned char *fp_record(const unsigned char *p, const unsigned cha
     p++;
     WS();
     do {
-        if (p >= e || *p != '"' || !(p = fp_str(p, e, &k, &esc)) || esc)
-            return NULL;
-        WS();
-        if (p >= e || *p != ':')
-            return NULL;
-        p++;
-        WS();
-        int m = member_of(k);
+        /* wal2json's own member names (with their colon and no whitespace)
+         * are recognised from their bytes; others are read as strings */
+        int m = -2;
+        if (e - p >= 10) {
+            if (at8(p, "\"action\"") && p[8] == ':')
+                m = F_ACTION, p += 9;
+            else if (at8(p, "\"schema\"") && p[8] == ':')
+                m = F_SCHEMA, p += 9;
+            else if (at8(p, "\"table\":"))
+                m = F_TABLE, p += 8;
+            else if (at8(p, "\"columns") && p[8] == '"' && p[9] == ':')
+                m = F_COLUMNS, p += 10;
+            else if (!memcmp(p, "\"xid\":", 6))
+                m = F_XID, p += 6;
+            else if (!memcmp(p, "\"lsn\":", 6))
+                m = F_LSN, p += 6;
+            else if (e - p >= 12 && at8(p, "\"timesta") && !memcmp(p + 8, "mp\":", 4))
+                m = -1, p += 12;
+            if (m != -2)
+                WS();
+        }
+        if (m == -2) {
+            if (p >= e || *p != '"' || !(p = fp_str(p, e, &k, &esc)) || esc)
+                return NULL;
+            WS();
+            if (p >= e || *p != ':')
+                return NULL;
+            p++;
+            WS();
+            m = member_of(k);
+        }
         if (m >= 0) {
             if (seen & (1u << m))
                 return NULL;
