@@ -2467,6 +2467,12 @@ checks:;
         return;
     }
     int snap = pd->prm.snapshot && !strcmp(pd->prm.snapshot, "1");
+    if (snap && pd->leid) {
+        /* an EventSource reconnecting after its snapshot's E marker (the
+         * first id it got): it resumes from there, without a new snapshot */
+        pd->prm.snapshot = NULL;
+        snap = 0;
+    }
     if (pd->prm.snapshot && !snap) {
         http_error(c, 400, NULL, "snapshot must be 1, got \"%.20s\"", pd->prm.snapshot);
         return;

@@ -579,31 +579,41 @@ def t_query_failure():
         wait_until(lambda: open_snapshot_txns() == 0, 10, "no open snapshot transaction")
 
 
+def sse_read(port, path, until, headers=""):
+    """Raw GET of an SSE stream: the bytes up to the first event that holds
+    until (complete), or to the end of the answer."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (path, port, headers)).encode())
+    data = b""
+    while until not in data or not data.endswith(b"\n\n"):
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    return data
+
+
 def t_sse():
     """The same messages as Server-Sent Events: S rows without an id, the E
-    marker with its pos as id, then changes."""
+    marker with its pos as id, then changes; EventSource's reconnect with
+    Last-Event-ID resumes without a second snapshot."""
     sql("DROP TABLE IF EXISTS sn_sse; CREATE TABLE sn_sse (id int PRIMARY KEY); INSERT INTO sn_sse VALUES (1)")
-    import socket
+    path = snap_path("*:sn_sse").replace("/ws?", "/sse?", 1)
     with Pgcdc() as pc:
-        s = socket.create_connection(("127.0.0.1", pc.port), timeout=10)
-        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
-                   % (snap_path("*:sn_sse").replace("/ws?", "/sse?", 1), pc.port)).encode())
-        data = b""
-        deadline = time.time() + 10
-        while b'"action":"E"' not in data and time.time() < deadline:
-            data += s.recv(65536)
+        data = sse_read(pc.port, path, b'"action":"E"')
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head, head[:200]
+        events = [e for e in body.decode().split("\n\n") if e]
+        assert events[0] == "retry: 1000", events
+        assert events[1].startswith('data: {"action":"S"') and "id:" not in events[1], events[1]
+        e = json.loads(events[2].split("data: ", 1)[1])
+        assert e["action"] == "E" and events[2].startswith("id: %s\n" % e["pos"]), events[2]
         sql("INSERT INTO sn_sse VALUES (2)")
-        while not data.endswith(b"\n\n") or b'"action":"I"' not in data:
-            data += s.recv(65536)
-        s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head, head[:200]
-    events = [e for e in body.decode().split("\n\n") if e]
-    assert events[0] == "retry: 1000", events
-    assert events[1].startswith('data: {"action":"S"') and "id:" not in events[1], events[1]
-    e = json.loads(events[2].split("data: ", 1)[1])
-    assert e["action"] == "E" and events[2].startswith("id: %s\n" % e["pos"]), events[2]
-    assert '"action":"I"' in events[3] and events[3].startswith("id: "), events[3]
+        data = sse_read(pc.port, path, b'"action":"I"', "Last-Event-ID: %s\r\n" % e["pos"])
+        assert data.startswith(b"HTTP/1.1 200") and b'"action":"S"' not in data, data[:300]
+        assert b'"action":"I"' in data and b'"value":2}' in data, data[-300:]
 
 
 # ---- pushdown and overtaking ----------------------------------------------------
