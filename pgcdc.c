@@ -2362,11 +2362,13 @@ static void handle_ws_request(client *c, http_req *r)
         c->pend = pd;
         goto checks;
     }
-    if (!ieq(r->method.p, r->method.n, "GET")) {
-        http_error(c, 405, "Allow: GET\r\n", "method %.*s not allowed on /ws: use GET", (int)r->method.n, r->method.p);
+    if (!c->head && !ieq(r->method.p, r->method.n, "GET")) {
+        http_error(c, 405, "Allow: GET, HEAD\r\n", "method %.*s not allowed on /ws: use GET",
+                   (int)(r->method.n > 20 ? 20 : r->method.n), r->method.p);
         return;
     }
-    if (!r->upgrade_ws) {
+    /* HEAD is answered as GET would be, and a HEAD is never an upgrade */
+    if (!r->upgrade_ws || c->head) {
         http_error(c, 426, "Upgrade: websocket\r\n",
                    "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade");
         return;

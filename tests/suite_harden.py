@@ -228,13 +228,22 @@ def head_request(port, path):
     return int(head.split(b" ")[1]), head, body
 
 
+def get_status(port, path):
+    data = raw_http(port, ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode(), timeout=3)
+    return int(data.split(b" ")[1])
+
+
 def t_head_no_body():
-    """HEAD never carries a body, whatever the status."""
+    """HEAD is answered like GET (same status) and never carries a body,
+    whatever the status; on /ws that is GET's 426, since a HEAD cannot be
+    an upgrade."""
     with Pgcdc() as p:
-        for path, status in (("/nosuch", 404), ("/ws?query=*:x", 405), ("/ping", 200),
+        for path, status in (("/nosuch", 404), ("/ws?query=*:x", 426), ("/ping", 200),
                              ("/health", 200), ("/metrics", 200), ("/", 200)):
             st, head, body = head_request(p.port, path)
             assert st == status, "HEAD %s: %d, expected %d" % (path, st, status)
+            gst = get_status(p.port, path)
+            assert gst == st, "HEAD %s: %d, GET: %d" % (path, st, gst)
             assert body == b"", "HEAD %s (%d) carried a body: %r" % (path, st, body[:80])
             assert b"Content-Length: " in head, head
 
@@ -404,7 +413,7 @@ TESTS = [
     ("harden: token and grant_secret need at least 16 bytes", t_secret_minimum),
     ("harden: default Origin policy is same-origin only", t_origin_default),
     ("harden: admin_listen takes /health and /metrics off listen", t_admin_listen),
-    ("harden: HEAD never carries a body", t_head_no_body),
+    ("harden: HEAD is answered like GET and never carries a body", t_head_no_body),
     ("harden: unfinished requests are limited apart from clients and per peer", t_unfinished_requests),
     ("harden: authorization is decided before the catalog is asked", t_no_probe_without_grant),
     ("harden: browsers read refusals as close 4000 + status", t_browser_refusals),
