@@ -764,21 +764,24 @@ typedef struct snapvis snapvis;
 /* Bytes to send: a change's frame (shared, reference-counted, maybe in the
  * history), or a per-client message (HTTP response, pong, close). */
 struct frame {
+    /* ordered so that the header is 56 bytes: a change of up to 200 bytes
+     * fits a 256-byte pool block */
     uint32_t refs;
+    uint32_t hdr;        /* WebSocket header bytes before the payload */
+    uint32_t len;        /* bytes in data (a record is under 1 GB) */
+    uint32_t idx;        /* position: index inside the transaction ... */
+    uint32_t xid;        /* the transaction's id (from its B record) */
     uint8_t cls;         /* pool size class, or NCLASS for malloc */
     uint8_t types;       /* SUB_* bit of the change, 0 for other bytes */
     uint8_t change;      /* counts in frames_sent when written whole */
-    uint32_t hdr;        /* WebSocket header bytes before the payload */
-    size_t len;          /* bytes in data */
-    uint64_t lsn;        /* position: commit LSN ... */
-    uint32_t idx;        /* ... and index inside the transaction */
-    uint32_t xid;        /* the transaction's id (from its B record) */
+    uint64_t lsn;        /* ... and the commit LSN */
     uint64_t seq;        /* history sequence number */
     table *tab;
     frame *sse;          /* the same message as a Server-Sent Event, built
                             when an SSE client first needs it; owned here */
     uint8_t data[];
 };
+_Static_assert(sizeof(void *) != 8 || offsetof(struct frame, data) == 56, "frame header grew past 56 bytes");
 
 /* Identical subscriptions share a group, so a change is matched once per
  * distinct subscription and then queued to every member. */
@@ -1137,7 +1140,7 @@ static frame *frame_new(size_t len)
     memset(f, 0, sizeof *f);
     f->refs = 1;
     f->cls = (uint8_t)cls;
-    f->len = len;
+    f->len = (uint32_t)len;
     return f;
 }
 
