@@ -578,6 +578,13 @@ async def t_dropped_slow():
             m = metrics(pc.port)
             assert m[DROP_SLOW] == base[DROP_SLOW] + 1, "%s = %s" % (DROP_SLOW, m[DROP_SLOW])
             assert m[DROP_PROTO] == base[DROP_PROTO] and m[DROP_TIMEOUT] == base[DROP_TIMEOUT], m
+            # the bound itself: what pgcdc had queued when it gave up (the
+            # kernel's socket buffers hold more, so the client cannot tell)
+            queued = [int(x) for x in re.findall(r"dropped as a slow consumer \((\d+) bytes queued\)",
+                                                 pc.logtext())]
+            assert len(queued) == 1, "log lines about the slow consumer: %s" % queued
+            assert 0 < queued[0] <= 65536, \
+                "dropped with %d bytes queued, max_queue is 65536" % queued[0]
             # dropped is no longer connected: it leaves the gauge (and
             # max_clients) at once, not when its socket finally goes
             t0 = time.time()

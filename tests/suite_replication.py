@@ -318,6 +318,113 @@ async def pgcdc_sigkill(cl, pg_down):
         cl.drop_slot(slot)
 
 
+# ---- 10. the slot is never confirmed inside a transaction ------------------
+
+class SqlSession:
+    """One psql session kept open, for queries repeated many times a second."""
+
+    def __init__(self, cl):
+        self.proc = subprocess.Popen(["psql", "-X", "-q", "-At", "-h", cl.base, "-p", str(cl.port),
+                                      "-U", "postgres", "-d", "postgres"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def query(self, q):
+        self.proc.stdin.write(q.rstrip(";") + ";\n\\echo .\n")
+        self.proc.stdin.flush()
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("psql session ended: %s" % lines)
+            if line == ".\n":
+                return lines
+            lines.append(line.strip())
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+BIG_TXN_ROWS = 600000
+
+
+async def confirm_inside_txn(cl):
+    """SPEC 9: the confirmed position is the commit of the newest transaction
+    fully handed to the clients (or the idle WAL end).  While pgcdc hands
+    out a 600,000-row transaction, the slot's confirmed_flush_lsn (sampled
+    between two reads of pgcdc_changes_total) must not move at all, and it
+    never reaches that transaction's commit before the last change is
+    handed; afterwards it does reach the commit."""
+    table = slot = "pgcdc_bigtxn"
+    cl.sql("CREATE TABLE %s (id int)" % table)
+    srv = Server(cl, slot)
+    rd = db = None
+    try:
+        await to_thread(srv.start)
+        # the one subscriber wants only the last row: its pos is the commit
+        rd = Reader(await connect(srv, "insert:" + table, ["id.eq.%d" % BIG_TXN_ROWS]))
+        db = SqlSession(cl)
+        conf_q = "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '%s'" % slot
+
+        def conf():
+            return lsn_int(db.query(conf_q)[0])
+
+        base = srv.metric("pgcdc_changes_total")
+        done = base + BIG_TXN_ROWS
+        writer = to_thread(cl.sql, "INSERT INTO %s SELECT g FROM generate_series(1, %d) g"
+                           % (table, BIG_TXN_ROWS))
+        samples = []     # (changes before, confirmed, changes after, time)
+        deadline = time.time() + 120
+        while True:
+            m1 = srv.metric("pgcdc_changes_total")
+            c = conf()
+            m2 = srv.metric("pgcdc_changes_total")
+            samples.append((m1, c, m2, time.time()))
+            if m1 >= done:
+                break
+            assert time.time() < deadline, "pgcdc_changes_total %d of %d after 120 s" % (m2 - base, BIG_TXN_ROWS)
+            await asyncio.sleep(0.01)
+        await writer
+        await rd.wait(lambda: rd.frames, 20, "the transaction's last row")
+        commit = lsn_int(rd.frames[-1]["pos"].split(":")[0])
+        assert values(rd.frames[-1])["id"] == BIG_TXN_ROWS and len(rd.frames) == 1, rd.frames[:3]
+
+        inside = [x for x in samples if x[0] > base and x[2] < done]
+        span = inside[-1][3] - inside[0][3] if inside else 0.0
+        # a status update goes out every second (status_interval 1): the
+        # window must hold one at least to show anything
+        assert len(inside) >= 10 and span >= 1.5, (
+            "only %d samples over %.1f s while the transaction was handed out; too fast to judge"
+            % (len(inside), span))
+        moved = sorted(set(x[1] for x in inside))
+        assert len(moved) == 1, (
+            "confirmed_flush_lsn moved while pgcdc handed out the transaction (commit %X/%X): %s"
+            % (commit >> 32, commit & 0xFFFFFFFF, ["%X/%X" % (v >> 32, v & 0xFFFFFFFF) for v in moved[:8]]))
+        early = [x for x in samples if x[2] < done and x[1] >= commit]
+        assert not early, ("confirmed_flush_lsn %X/%X reached the commit %X/%X with %d of %d changes handed"
+                           % (early[0][1] >> 32, early[0][1] & 0xFFFFFFFF, commit >> 32,
+                              commit & 0xFFFFFFFF, early[0][2] - base, BIG_TXN_ROWS))
+        # and once it is all handed out, the commit is confirmed
+        t0 = time.time()
+        while conf() < commit:
+            assert time.time() - t0 < 10, "confirmed_flush_lsn %X/%X never reached the commit %X/%X" % (
+                conf() >> 32, conf() & 0xFFFFFFFF, commit >> 32, commit & 0xFFFFFFFF)
+            await asyncio.sleep(0.1)
+        print("# %d rows handed out in %.1f s, %d samples meanwhile, confirmed stayed at %X/%X"
+              % (BIG_TXN_ROWS, span, len(inside), moved[0] >> 32, moved[0] & 0xFFFFFFFF))
+    except AssertionError as e:
+        raise AssertionError("%s; pgcdc log: %s" % (e, srv.tail(600)))
+    finally:
+        if db:
+            db.close()
+        if rd:
+            await rd.close()
+        srv.close()
+        cl.drop_slot(slot)
+        cl.sql("DROP TABLE IF EXISTS %s" % table, check=False)
+
+
 # ---- 3. temporary slots do not outlive pgcdc ---------------------------------
 
 async def temporary_slot_gone(cl, sig):
@@ -847,6 +954,8 @@ def main():
          toast_update, cl),
         ("7", "replication: odd schema, table and column names", odd_names, cl),
         ("8", "replication: session settings pinned against odd database defaults", pinned_settings, cl),
+        ("10", "replication: confirmed_flush_lsn never moves inside a 600,000-row transaction",
+         confirm_inside_txn, cl),
         ("9", "replication error: slot in use by another process", err_slot_in_use, cl),
         ("9", "replication error: slot created with another plugin", err_other_plugin, cl),
         ("9", "replication error: slot invalidated", err_invalidated),

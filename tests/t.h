@@ -24,9 +24,13 @@ extern int t_passed, t_failed;
     fprintf(stderr, "  %s:%d: %s is \"%.*s\", expected \"%s\"\n", __FILE__, __LINE__, \
     #p, (int)t_n, (const char *)(p), t_s); } } while (0)
 
-/* TEST("name") { ... } runs the block once and reports it. */
-#define TEST(name) for (int t_once = (t_fail = 0, 1); t_once; t_once = 0, t_report(name))
+/* TEST("name") { ... } runs the block once and reports it; with UNIT_ONLY
+ * set (substrings separated by '|'), only the tests whose names contain one
+ * of them run. */
+#define TEST(name) for (int t_once = (t_fail = 0, t_selected(name)); t_once; \
+    t_once = 0, t_report(name))
 
+int t_selected(const char *name);
 void t_report(const char *name);
 
 #endif

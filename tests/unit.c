@@ -1,7 +1,25 @@
 /* unit.c -- runs every unit test file; built with ASan and UBSan. */
+#include <stdlib.h>
+
 #include "t.h"
 
 int t_fail, t_passed, t_failed;
+
+int t_selected(const char *name)
+{
+    const char *only = getenv("UNIT_ONLY");
+    if (!only || !*only)
+        return 1;
+    for (const char *s = only; ; ) {
+        size_t n = strcspn(s, "|");
+        for (const char *p = name; n && *p; p++)
+            if (!strncmp(p, s, n))
+                return 1;
+        if (!s[n])
+            return 0;
+        s += n + 1;
+    }
+}
 
 void t_report(const char *name)
 {
@@ -40,5 +58,9 @@ int main(void)
     test_grant();
     test_sse();
     printf("unit: %d passed, %d failed\n", t_passed, t_failed);
+    if (!t_passed && !t_failed) {
+        printf("not ok - UNIT_ONLY=%s selects no test\n", getenv("UNIT_ONLY"));
+        return 1;
+    }
     return t_failed != 0;
 }

@@ -1,0 +1,406 @@
+#!/usr/bin/env bash
+# mutants.sh -- measures whether the tests catch plausible bugs.
+#
+# The table at the end of this file lists small source mutations: each an
+# exact search-and-replace on one file (a find text that must occur exactly
+# once, so the table cannot silently rot when the code changes) and the
+# narrowest test command that must fail when the bug is planted.  For each
+# mutant, a scratch copy of the tree (never the tree itself) gets the
+# mutation, pgcdc is rebuilt and the command runs, twice, to show the
+# verdict is deterministic:
+#   caught   the command failed both times
+#   FLAKY    it failed only once
+#   MISSED   it passed both times (the tests cannot see this bug)
+# Before the mutants, every distinct command runs once on the unmutated
+# copy and must pass with at least one "ok -" line, or the table is wrong.
+# The last line is "score: C/N caught"; the exit status is 0 only when every
+# mutant was caught both times and the table is sound.
+#
+# Usage: tests/mutants.sh [NAME-SUBSTRING...]   (make mutants runs them all)
+# Environment: MUTANT_RUNS (default 2), MUTANT_TIMEOUT (seconds per test
+# run, default 600; a timeout counts as a failure of the run, shown as such),
+# MUTANT_KEEP=1 keeps the scratch directory, MUTANT_LIST=1 only lists.
+#
+# Table syntax (the here-document at the end):
+#   === <name>                 starts a mutant
+#   file: <path>               file to mutate (relative to the tree)
+#   test: <shell command>      run in the scratch tree; must exit non-zero
+#   why: <text>                (optional) a known survivor's written reason;
+#                              a MISSED mutant with a why is reported, not failed
+#   --- find                   the lines up to the next marker: text to find
+#   +++ replace                the lines up to the next marker: its replacement
+# Several find/replace pairs may follow one another.  A "--- find" block is
+# taken verbatim (indentation included) minus its final newline, so a find
+# text may be part of a line when it is a single line.  Lines starting with
+# "#" outside find/replace blocks are comments.
+# Test commands see PGCDC, PGHOST, PGPORT, PGUSER, PGDATABASE, PYTHON
+# (/usr/bin/python3) and TMPDIR, as test.sh's suites do; tests/unit is
+# rebuilt by a command that needs it ("make -s tests/unit && UNIT_ONLY=...").
+
+set -u -o pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+ROOT=$PWD
+SELF=$ROOT/tests/mutants.sh
+RUNS=${MUTANT_RUNS:-2}
+LIMIT=${MUTANT_TIMEOUT:-600}
+PYTHON=/usr/bin/python3
+export PYTHON PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgcdc-mutants.XXXXXX") || exit 2
+chmod 755 "$WORK"
+TREE=$WORK/tree
+ORIG=$WORK/orig
+
+# shellcheck source=tests/pg.sh
+. "$ROOT/tests/pg.sh"
+
+cleanup() {
+    pg_stop
+    if [ -n "${MUTANT_KEEP:-}" ]; then
+        echo "# scratch kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- the table -------------------------------------------------------------
+
+# mutate.py list | apply N DIR | names: parses the table of this file.
+cat >"$WORK/mutate.py" <<'EOF'
+import json, sys
+
+def parse(path):
+    text = open(path, encoding="utf-8").read()
+    lines = text.split("\n")
+    start = lines.index(": <<'__TABLE__'") + 1
+    lines = lines[:lines.index("__TABLE__")]
+    muts, cur, block, buf = [], None, None, []
+
+    def end_block():
+        nonlocal block, buf
+        if block is not None:
+            body = "\n".join(buf)
+            if block == "find":
+                cur["pairs"].append([body, None])
+            else:
+                if not cur["pairs"] or cur["pairs"][-1][1] is not None:
+                    sys.exit("table: '+++ replace' without its '--- find' in %r" % cur["name"])
+                cur["pairs"][-1][1] = body
+        block, buf = None, []
+
+    for ln, line in enumerate(lines[start:], start + 1):
+        if line.startswith("=== "):
+            end_block()
+            cur = {"name": line[4:].strip(), "file": None, "test": None, "why": "",
+                   "pairs": [], "line": ln}
+            muts.append(cur)
+        elif line in ("--- find", "+++ replace"):
+            if cur is None:
+                sys.exit("table line %d: block outside a mutant" % ln)
+            end_block()
+            block = "find" if line == "--- find" else "replace"
+        elif block is not None:
+            buf.append(line)
+        elif line.startswith("#") or not line.strip():
+            continue
+        elif cur is not None and ":" in line:
+            k, v = line.split(":", 1)
+            if k not in ("file", "test", "why"):
+                sys.exit("table line %d: unknown key %r" % (ln, k))
+            cur[k] = v.strip()
+        else:
+            sys.exit("table line %d: cannot parse %r" % (ln, line))
+    end_block()
+    names = set()
+    for m in muts:
+        # blank lines that separate table entries are not part of a block
+        for p in m["pairs"]:
+            p[0] = p[0].rstrip("\n")
+            p[1] = (p[1] or "").rstrip("\n")
+        if not m["file"] or not m["test"] or not m["pairs"]:
+            sys.exit("table: mutant %r (line %d) needs file, test and a find/replace" % (m["name"], m["line"]))
+        if any(p[1] is None or p[0] == p[1] or not p[0] for p in m["pairs"]):
+            sys.exit("table: mutant %r has an empty or unchanged find/replace" % m["name"])
+        if m["name"] in names:
+            sys.exit("table: mutant name %r twice" % m["name"])
+        names.add(m["name"])
+    return muts
+
+cmd, table = sys.argv[1], sys.argv[2]
+muts = parse(table)
+if cmd == "list":
+    for i, m in enumerate(muts):
+        print("%d\t%s\t%s\t%s" % (i, m["name"], m["file"], m["test"]))
+elif cmd == "why":
+    print(muts[int(sys.argv[3])]["why"])
+elif cmd == "apply":
+    m = muts[int(sys.argv[3])]
+    path = sys.argv[4] + "/" + m["file"]
+    src = open(path, encoding="utf-8").read()
+    for find, repl in m["pairs"]:
+        n = src.count(find)
+        if n != 1:
+            print("find text occurs %d times in %s (must be exactly once):\n%s" % (n, m["file"], find))
+            sys.exit(1)
+        src = src.replace(find, repl)
+    open(path, "w", encoding="utf-8").write(src)
+EOF
+
+table() {
+    local what=$1
+    shift
+    "$PYTHON" "$WORK/mutate.py" "$what" "$SELF" "$@"
+}
+
+LISTING=$(table list) || exit 2
+if [ -n "${MUTANT_LIST:-}" ]; then
+    printf '%s\n' "$LISTING" | cut -f2,3,4
+    exit 0
+fi
+
+# ---- scratch tree, database ------------------------------------------------
+
+mkdir -p "$TREE" "$WORK/tmp" "$WORK/logs"
+chmod 755 "$WORK/tmp"
+# the tree as it is now, committed or not, without build products
+git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
+    tar -C "$ROOT" --null -T - -cf - 2>/dev/null | tar -C "$TREE" -xf -
+cp -a "$TREE" "$ORIG"
+export TMPDIR=$WORK/tmp
+export PGCDC=$TREE/pgcdc
+
+build() {
+    make -s -C "$TREE" pgcdc >"$WORK/logs/build" 2>&1
+}
+
+if ! build; then
+    cat "$WORK/logs/build"
+    echo "error: the unmutated tree does not build"
+    exit 2
+fi
+if ! pg_start 2>"$WORK/logs/pg"; then
+    cat "$WORK/logs/pg"
+    echo "error: no PostgreSQL"
+    exit 2
+fi
+# pg_start exports PGHOST PGPORT PGUSER PGDATABASE for the test commands
+
+# run_test LOG CMD: the test command in the scratch tree; returns its status
+# (124 for a timeout).
+run_test() {
+    (cd "$TREE" && timeout -k 10 "$LIMIT" bash -c "$2") >"$1" 2>&1 </dev/null
+}
+
+# ---- selection, baseline ---------------------------------------------------
+
+SEL=()
+while IFS=$'\t' read -r idx name file cmd; do
+    if [ $# -gt 0 ]; then
+        want=0
+        for a in "$@"; do
+            [[ "$name" == *"$a"* ]] && want=1
+        done
+        [ "$want" = 1 ] || continue
+    fi
+    SEL+=("$idx")
+done <<<"$LISTING"
+if [ ${#SEL[@]} = 0 ]; then
+    echo "error: no mutant matches: $*"
+    exit 2
+fi
+
+field() { printf '%s\n' "$LISTING" | awk -F'\t' -v i="$1" -v f="$2" '$1 == i { print $f }'; }
+
+bad_table=0
+declare -A BASE
+echo "# baseline: each test command on the unmutated tree"
+for idx in "${SEL[@]}"; do
+    cmd=$(field "$idx" 4)
+    [ -n "${BASE[$cmd]:-}" ] && continue
+    log=$WORK/logs/base-$idx
+    t0=$(date +%s)
+    run_test "$log" "$cmd"
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q '^ok - ' "$log" && ! grep -q '^not ok - ' "$log"; then
+        BASE[$cmd]=ok
+        echo "# baseline ok ($(($(date +%s) - t0)) s): $cmd"
+    else
+        BASE[$cmd]=bad
+        bad_table=1
+        echo "error: baseline fails (status $rc) for: $cmd"
+        grep -E '^(not )?ok - ' "$log" | head -n 20
+        tail -n 20 "$log"
+    fi
+done
+
+# ---- the mutants -------------------------------------------------------------
+
+caught=0 total=0 known=0
+SUMMARY=()
+for idx in "${SEL[@]}"; do
+    name=$(field "$idx" 2)
+    file=$(field "$idx" 3)
+    cmd=$(field "$idx" 4)
+    total=$((total + 1))
+    cp "$ORIG/$file" "$TREE/$file"
+    if ! out=$(table apply "$idx" "$TREE"); then
+        echo "error: $name: $out"
+        SUMMARY+=("ERROR    $name (cannot be applied)")
+        bad_table=1
+        continue
+    fi
+    if ! build; then
+        echo "error: $name: does not build"
+        tail -n 20 "$WORK/logs/build"
+        SUMMARY+=("ERROR    $name (does not build)")
+        bad_table=1
+        cp "$ORIG/$file" "$TREE/$file"
+        continue
+    fi
+    fails=0 how=""
+    t0=$(date +%s)
+    for run in $(seq 1 "$RUNS"); do
+        log=$WORK/logs/m$idx-$run
+        run_test "$log" "$cmd"
+        rc=$?
+        if [ "$rc" != 0 ]; then
+            fails=$((fails + 1))
+            if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+                how="timed out after $LIMIT s"
+            elif [ -z "$how" ]; then
+                how=$(grep -m1 '^not ok - ' "$log" | cut -c1-160)
+                [ -n "$how" ] || how="exit status $rc: $(tail -n 1 "$log" | cut -c1-120)"
+            fi
+        fi
+    done
+    cp "$ORIG/$file" "$TREE/$file"
+    secs=$(($(date +%s) - t0))
+    if [ "$fails" = "$RUNS" ]; then
+        caught=$((caught + 1))
+        verdict="caught  "
+    elif [ "$fails" = 0 ]; then
+        verdict="MISSED  "
+        why=$(table why "$idx")
+        if [ -n "$why" ]; then
+            known=$((known + 1))
+            verdict="survives"
+            how="known: $why"
+        fi
+    else
+        verdict="FLAKY   "
+    fi
+    line="$verdict $name ($fails/$RUNS runs failed, ${secs} s)"
+    echo "$line"
+    [ -n "$how" ] && echo "#   $how"
+    SUMMARY+=("$line")
+done
+
+echo "# ---- summary"
+printf '%s\n' "${SUMMARY[@]}"
+echo "score: $caught/$total caught$([ "$known" = 0 ] || echo " ($known known survivors, each with a written reason)")"
+[ "$bad_table" = 0 ] && [ "$caught" = "$total" ]
+exit
+
+# ---- the table (read by mutate.py, never executed) ---------------------------
+: <<'__TABLE__'
+# Each mutant plants one plausible bug in a security- or data-critical check.
+# Keep the test commands narrow: the whole table runs twice per mutant.
+
+=== slow consumer: 1 MiB of slack over max_queue
+file: pgcdc.c
+test: $PYTHON tests/suite_ops.py 'dropped{reason=slow}'
+--- find
+    if (f->change && c->qn && c->qbytes + f->len > S.cfg.max_queue) {
++++ replace
+    if (f->change && c->qn && c->qbytes + f->len > S.cfg.max_queue + 1048576) {
+
+=== slot confirmed inside a transaction (idle rule without its guards)
+file: pgcdc.c
+test: REPL_ONLY=10 $PYTHON tests/suite_replication.py
+--- find
+    if (!S.in_txn && S.wal_end > pos &&
+        S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
+        pos = S.wal_end;
++++ replace
+    if (S.wal_end > pos)
+        pos = S.wal_end;
+
+=== grant MAC compared on 19 of 20 bytes
+file: pgcdc.c
+test: $PYTHON tests/suite_grants.py 'tampered'
+--- find
+    if (!ct_equal(mac, 20, want, 20)) {
++++ replace
+    if (!ct_equal(mac, 19, want, 19)) {
+
+=== resume seam: the since position itself replayed
+file: pgcdc.c
+test: $PYTHON tests/suite_resume.py 'reconnect with since' 'with a filter'
+--- find
+        if (pos_cmp(f->lsn, f->idx, lsn, idx) <= 0)
+            lo = mid + 1;
++++ replace
+        if (pos_cmp(f->lsn, f->idx, lsn, idx) < 0)
+            lo = mid + 1;
+
+=== resume: 410 decided on the commit LSN alone
+file: pgcdc.c
+test: $PYTHON tests/suite_resume.py '410'
+--- find
+        if (pos_cmp(slsn, sidx, S.floor_lsn, S.floor_idx) < 0) {
++++ replace
+        if (slsn < S.floor_lsn) {
+
+=== reconnect: the last change sent is sent again
+file: pgcdc.c
+test: REPL_ONLY=1 $PYTHON tests/suite_replication.py
+--- find
+    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) <= 0)
++++ replace
+    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) < 0)
+
+=== token compared on the shorter length (a prefix passes)
+file: pgcdc.c
+test: $PYTHON tests/suite_access.py 'token via'
+--- find
+    unsigned char d = (unsigned char)(an != bn);
++++ replace
+    unsigned char d = 0;
+
+=== Origin matched as a prefix of an allowed one
+file: pgcdc.c
+test: $PYTHON tests/suite_access.py 'allowed_origins'
+--- find
+        if ((n == 1 && *t == '*') || (n == o.n && !memcmp(t, o.p, n)))
++++ replace
+        if ((n == 1 && *t == '*') || (n <= o.n && !memcmp(t, o.p, n)))
+
+=== UTF-8: surrogates (ED A0..BF) accepted
+file: ws.c
+test: make -s tests/unit && UNIT_ONLY='utf8|UTF-8' ./tests/unit
+--- find
+    case U8_ED: hi = 0x9F; next = U8_TAIL1; break;
++++ replace
+    case U8_ED: hi = 0xBF; next = U8_TAIL1; break;
+
+=== masking: unmasked client frames accepted
+file: ws.c
+test: make -s tests/unit && UNIT_ONLY='unmasked' ./tests/unit
+--- find
+        if (!(p->hdr[1] & 0x80)) {
+            *code = WS_CLOSE_PROTOCOL;      /* client frames must be masked */
++++ replace
+        if (0) {
+            *code = WS_CLOSE_PROTOCOL;      /* client frames must be masked */
+
+=== close codes: 1015 (reserved) accepted from a client
+file: ws.c
+test: make -s tests/unit && UNIT_ONLY='ws close codes|bad close payloads' ./tests/unit
+--- find
+           (code >= 1007 && code <= 1014) ||
++++ replace
+           (code >= 1007 && code <= 1015) ||
+__TABLE__
