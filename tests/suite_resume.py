@@ -383,6 +383,34 @@ async def t_gone_small_history():
         await close(ws)
 
 
+async def t_gone_inside_a_transaction():
+    """The history's oldest change may be in the middle of a transaction:
+    a position earlier in that same transaction (same commit LSN, smaller
+    index) has lost changes too, so it is 410; a later one of it is served
+    with exactly what follows."""
+    make_table("r_intx")
+    with Pgcdc({"server": {"history": "4096"}}) as pc:
+        ws = await connect(pc, "insert:r_intx")
+        sql("INSERT INTO r_intx (n, k, pad) SELECT g, 0, repeat('x', 200) FROM generate_series(1, 60) g")
+        got = await recv_until(ws, lambda f: num(f) == 60)
+        await close(ws)
+        lsns = {f["pos"].split(":")[0] for f in got}
+        assert len(got) == 60 and len(lsns) == 1, "60 rows of one transaction: %d frames, %s" % (
+            len(got), sorted(lsns))
+        kept = metrics(pc.port)["pgcdc_history_frames"]
+        assert 2 <= kept < 50, "the history keeps %s of the transaction's 60 changes" % kept
+        for f in (got[0], got[59 - int(kept) - 1]):
+            st, body = upgrade(pc.port, ws_path("insert:r_intx", since=f["pos"]))
+            assert st == 410, "since=%s (earlier in a transaction whose start was evicted) answered %d %s" % (
+                f["pos"], st, body)
+            assert body_says_gone(body), "410 body does not say why: %r" % body
+        mid = got[-3]
+        ws = await connect(pc, "insert:r_intx", since=mid["pos"])
+        tail = await recv_until(ws, lambda f: num(f) == 60)
+        assert [num(f) for f in tail] == [59, 60], [num(f) for f in tail]
+        await close(ws)
+
+
 async def t_gone_after_temporary_restart():
     make_table("r_temp")
     pc = Pgcdc()
@@ -533,6 +561,8 @@ TESTS = [
     ("resume: across SIGKILL and restart with a persistent slot", t_restart_persistent),
     ("resume: across a restart, reconnecting before replication streams", t_restart_persistent_eager),
     ("resume: 410 for a position out of a small history", t_gone_small_history),
+    ("resume: 410 for a position inside a transaction whose start left the history",
+     t_gone_inside_a_transaction),
     ("resume: 410 for a position from before a restart (temporary slot)", t_gone_after_temporary_restart),
     ("resume: 400 for malformed positions", t_bad_positions),
     ("resume: a position beyond the stream never gets earlier changes", t_future_position),
