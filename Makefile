@@ -16,7 +16,7 @@ SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test unit asan fuzz fuzz-replay clean install static demo
+.PHONY: all test unit asan fuzz fuzz-replay clean install static demo mutants
 
 all: pgcdc
 
@@ -89,3 +89,8 @@ fuzz:
 # Replays the committed corpus under ASan/UBSan without libFuzzer.
 fuzz-replay:
 	FUZZ_SECONDS=0 bash tests/fuzz.sh
+
+# Plants each bug of the table in tests/mutants.sh in a scratch copy and runs
+# the tests that must catch it, twice (slow: not part of ./test.sh).
+mutants:
+	bash tests/mutants.sh

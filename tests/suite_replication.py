@@ -289,7 +289,7 @@ async def pgcdc_sigkill(cl, pg_down):
 
         # Judged from what the client saw, not from the slot alone: pgcdc
         # may confirm only the commit of a transaction it has handed to its
-        # clients (SPEC 9; never idle here).  The client saw every
+        # clients (docs/protocol.md, Replication; never idle here).  The client saw every
         # transaction up to its last pos; one handed later may have been
         # lost in pgcdc's queue by the kill.
         commits = commit_positions(cl, truth)
@@ -388,8 +388,9 @@ BIG_TXN_ROWS = 600000
 
 
 async def confirm_inside_txn(cl):
-    """SPEC 9: the confirmed position is the commit of the newest transaction
-    fully handed to the clients (or the idle WAL end).  While pgcdc hands
+    """The confirmed position is the commit of the newest transaction fully
+    handed to the clients, or the idle WAL end (docs/protocol.md,
+    Replication).  While pgcdc hands
     out a 600,000-row transaction, the slot's confirmed_flush_lsn (sampled
     between two reads of pgcdc_changes_total) must not move at all, and it
     never reaches that transaction's commit before the last change is

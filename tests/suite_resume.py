@@ -351,6 +351,57 @@ async def t_restart_persistent_eager():
     await restart_persistent(True)
 
 
+async def t_ahead_of_the_restarted_stream():
+    """A client back on a restarted pgcdc before that one has decoded again
+    the transaction holding its position (its last change of a 200,000-row
+    transaction: the server decodes it whole before sending any of it) gets
+    nothing at or before its position, then exactly what follows."""
+    tab = "r_ahead"
+    make_table(tab)
+    rows = 200000
+    # status_interval 10: the slot stays before the big transaction, which
+    # the restarted pgcdc must therefore decode again
+    pc = Pgcdc({"postgres": {"temporary_slot": "false", "status_interval": "10"}})
+    try:
+        pc.start()
+        query = "insert:%s:n.eq.%d" % (tab, rows)
+        ws = await connect(pc, query)
+        sql("INSERT INTO %s (n, k) SELECT g, 0 FROM generate_series(1, %d) g" % (tab, rows))
+        last = (await recv_until(ws, lambda f: True, timeout=60))[-1]
+        assert num(last) == rows, last
+        pc.proc.send_signal(signal.SIGKILL)
+        pc.proc.wait()
+        pc.logf.close()
+        await close(ws)
+        pc.logf = open(pc.log, "ab")
+        pc.proc = subprocess.Popen([PGCDC, "-c", pc.config, "-v"], stdout=pc.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while True:
+            try:
+                ws = await connect(pc, query, since=last["pos"])
+                break
+            except OSError:
+                assert time.time() < deadline and pc.proc.poll() is None, pc.logtext()[-1500:]
+                await asyncio.sleep(0.002)
+            except websockets.InvalidStatusCode as e:
+                if e.status_code == 503 and time.time() < deadline:   # slot not read yet
+                    await asyncio.sleep(0.002)
+                    continue
+                raise AssertionError("resume after the restart answered %d; log: %s" % (
+                    e.status_code, pc.logtext()[-1500:]))
+        # the client is back; the old transaction is being decoded again
+        sql("INSERT INTO %s (n, k) VALUES (%d, 1)" % (tab, rows))
+        got = await recv_until(ws, lambda f: True, timeout=60)
+        assert got[0]["pos"] != last["pos"] and {c["name"]: c["value"] for c in got[0]["columns"]}["k"] == 1, (
+            "after since=%s the first change was %s (n %s)" % (last["pos"], got[0]["pos"], num(got[0])))
+        await expect_none(ws)
+        await close(ws)
+    finally:
+        pc.stop()
+        sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = '%s' AND NOT active" % pc.slot, check=False)
+
+
 async def rows_with_pos(pc, table, count, start):
     """Inserts count rows (one transaction each) and returns their frames."""
     ws = await connect(pc, "insert:" + table)
@@ -560,6 +611,8 @@ TESTS = [
     ("resume: with a filter, only matching rows after the position", t_resume_with_filter),
     ("resume: across SIGKILL and restart with a persistent slot", t_restart_persistent),
     ("resume: across a restart, reconnecting before replication streams", t_restart_persistent_eager),
+    ("resume: back before the restarted stream reaches its position: nothing twice",
+     t_ahead_of_the_restarted_stream),
     ("resume: 410 for a position out of a small history", t_gone_small_history),
     ("resume: 410 for a position inside a transaction whose start left the history",
      t_gone_inside_a_transaction),
