@@ -19,7 +19,8 @@
 # Usage: tests/mutants.sh [NAME-SUBSTRING...]   (make mutants runs them all)
 # Environment: MUTANT_RUNS (default 2), MUTANT_TIMEOUT (seconds per test
 # run, default 600; a timeout counts as a failure of the run, shown as such),
-# MUTANT_KEEP=1 keeps the scratch directory, MUTANT_LIST=1 only lists.
+# MUTANT_KEEP=1 keeps the scratch directory, MUTANT_LIST=1 only lists,
+# MUTANT_CHECK=1 only checks that every mutant still applies (seconds).
 #
 # Table syntax (the here-document at the end):
 #   === <name>                 starts a mutant
@@ -161,6 +162,21 @@ LISTING=$(table list) || exit 2
 if [ -n "${MUTANT_LIST:-}" ]; then
     printf '%s\n' "$LISTING" | cut -f2,3,4
     exit 0
+fi
+if [ -n "${MUTANT_CHECK:-}" ]; then
+    # only whether every find text is still in the tree, exactly once
+    rc=0
+    while IFS=$'\t' read -r idx name file cmd; do
+        mkdir -p "$WORK/chk/$(dirname "$file")"
+        cp "$ROOT/$file" "$WORK/chk/$file"
+        if out=$(table apply "$idx" "$WORK/chk"); then
+            echo "applies  $name"
+        else
+            echo "ERROR    $name: $out"
+            rc=1
+        fi
+    done <<<"$LISTING"
+    exit $rc
 fi
 
 # ---- scratch tree, database ------------------------------------------------
@@ -326,23 +342,23 @@ test: $PYTHON tests/suite_ops.py 'dropped{reason=slow}'
 file: pgcdc.c
 test: REPL_ONLY=10 $PYTHON tests/suite_replication.py
 --- find
-    if (!S.in_txn && S.wal_end > pos &&
-        S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
-        pos = S.wal_end;
+    if (!S.repl.in_txn && S.repl.wal_end > pos &&
+        S.now - S.repl.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
+        pos = S.repl.wal_end;
 +++ replace
-    if (S.wal_end > pos)
-        pos = S.wal_end;
+    if (S.repl.wal_end > pos)
+        pos = S.repl.wal_end;
 
 === slot confirmed past the commit it handed out (SIGKILL resume judged)
 file: pgcdc.c
 test: REPL_ONLY=2 $PYTHON tests/suite_replication.py
 --- find
-    if (!S.in_txn && S.wal_end > pos &&
-        S.now - S.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
-        pos = S.wal_end;
+    if (!S.repl.in_txn && S.repl.wal_end > pos &&
+        S.now - S.repl.last_txn_ms >= (int64_t)S.cfg.status_interval * 1000)
+        pos = S.repl.wal_end;
 +++ replace
-    if (S.wal_end > pos)
-        pos = S.wal_end;
+    if (S.repl.wal_end > pos)
+        pos = S.repl.wal_end;
 
 === grant MAC compared on 19 of 20 bytes
 file: grant.c
@@ -370,17 +386,17 @@ test: $PYTHON tests/suite_resume.py 'nothing twice'
 file: pgcdc.c
 test: $PYTHON tests/suite_resume.py '410'
 --- find
-        if (pos_cmp(slsn, sidx, S.floor_lsn, S.floor_idx) < 0) {
+        if (pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
 +++ replace
-        if (slsn < S.floor_lsn) {
+        if (slsn < S.hist.floor_lsn) {
 
 === reconnect: the last change sent is sent again
 file: pgcdc.c
 test: REPL_ONLY=1 $PYTHON tests/suite_replication.py
 --- find
-    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) <= 0)
+    if (S.hist.have_last && pos_cmp(S.repl.cur_commit, idx, S.hist.last_lsn, S.hist.last_idx) <= 0)
 +++ replace
-    if (S.have_last && pos_cmp(S.cur_commit, idx, S.last_lsn, S.last_idx) < 0)
+    if (S.hist.have_last && pos_cmp(S.repl.cur_commit, idx, S.hist.last_lsn, S.hist.last_idx) < 0)
 
 === token compared on the shorter length (a prefix passes)
 file: pgcdc.c
@@ -394,9 +410,33 @@ test: $PYTHON tests/suite_access.py 'token via'
 file: pgcdc.c
 test: $PYTHON tests/suite_access.py 'allowed_origins'
 --- find
-        if ((n == 1 && *t == '*') || (n == o.n && !memcmp(t, o.p, n)))
+        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
 +++ replace
-        if ((n == 1 && *t == '*') || (n <= o.n && !memcmp(t, o.p, n)))
+        if ((n == 1 && *t == '*') || (n <= r->origin.n && !memcmp(t, r->origin.p, n)))
+
+=== Origin default: the server's own origin matched as a prefix
+file: pgcdc.c
+test: $PYTHON tests/suite_access.py 'look-alike'
+--- find
+    if (o.n - k != host.n)
+        return 0;
++++ replace
+    if (o.n - k < host.n)
+        return 0;
+
+=== Origin default: any origin allowed when none is listed
+file: pgcdc.c
+test: $PYTHON tests/suite_harden.py 'default Origin policy'
+--- find
+        s = comma ? comma + 1 : NULL;
+    }
+    return -1;
+}
++++ replace
+        s = comma ? comma + 1 : NULL;
+    }
+    return S.cfg.allowed_origins ? -1 : 1;
+}
 
 === UTF-8: surrogates (ED A0..BF) accepted
 file: ws.c

@@ -15,10 +15,10 @@ TOKEN = "s3cret a&b, 16 bytes+"   # a space and an & need percent-encoding
 TOKEN_Q = "s3cret%20a%26b%2C%2016%20bytes%2B"
 
 
-def upgrade(port, path, headers=()):
+def upgrade(port, path, headers=(), host="x"):
     """Sends a WebSocket upgrade; returns (status, headers text, body)."""
-    req = ("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, KEY))
+    req = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, host, KEY))
     for h in headers:
         req += h + "\r\n"
     data = raw_http(port, (req + "\r\n").encode(), timeout=3)
@@ -27,8 +27,8 @@ def upgrade(port, path, headers=()):
     return status, head.decode("latin-1"), body.decode("utf-8", "replace")
 
 
-def expect(port, path, status, headers=(), body_has=None):
-    st, head, body = upgrade(port, path, headers)
+def expect(port, path, status, headers=(), body_has=None, host="x"):
+    st, head, body = upgrade(port, path, headers, host)
     assert st == status, "%s %s: got %d, expected %d: %s" % (path, headers, st, status, body.strip())
     if status != 101:
         assert body.strip() and "\n" not in body.strip(), "body must be one line: %r" % body
@@ -84,6 +84,20 @@ def t_origins():
         expect(p.port, "/ws?query=*:acc_o", 101, ["Origin: https://anything.example"])
 
 
+def t_origin_lookalikes():
+    """The default (no allowed_origins) allows the server's own origin only:
+    its Host exactly, never a longer or shorter name that starts the same."""
+    setup_table("acc_own")
+    with Pgcdc() as p:
+        own = "127.0.0.1:%d" % p.port
+        q = "/ws?query=*:acc_own"
+        expect(p.port, q, 101, ["Origin: http://" + own], host=own)
+        for bad in (own + ".evil.example", own + "0", own[:-1], "evil.example/" + own,
+                    own + "@evil.example"):
+            expect(p.port, q, 403, ["Origin: http://" + bad], "origin", host=own)
+        expect(p.port, q, 403, ["Origin: http://" + own], "origin", host=own + "0")
+
+
 def t_check_order():
     """path 404, method 405, upgrade 426, token 401, Origin 403, query 400,
     tables 403, table existence 400: the first failure answers."""
@@ -122,6 +136,7 @@ def t_listen_dual_stack():
             s = socket.create_connection(("::1", port), timeout=2)
         except OSError as e:
             if e.errno in (97, 99, 101):   # no IPv6 on this host
+                print("# note: no IPv6 on this host; only IPv4 was checked")
                 return
             raise
         s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -133,6 +148,7 @@ def t_listen_dual_stack():
 TESTS = [
     ("access: token via Authorization: Bearer or ?token=, else 401", t_token),
     ("access: allowed_origins exact match, no Origin allowed, else 403", t_origins),
+    ("access: by default a look-alike of the server's own origin is 403", t_origin_lookalikes),
     ("access: checks answer in the order docs/protocol.md gives", t_check_order),
     ("access: listen = :port serves IPv4 and IPv6", t_listen_dual_stack),
 ]
