@@ -41,7 +41,15 @@
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
-SELF=$ROOT/tests/mutants.sh
+if [ -z "${MUTANTS_COPY:-}" ]; then
+    # run from a copy: the table may be edited, or the tree rebased, meanwhile
+    copy=$(mktemp "${TMPDIR:-/tmp}/pgcdc-mutants-sh.XXXXXX") || exit 2
+    cp "$ROOT/tests/mutants.sh" "$copy"
+    MUTANTS_COPY=$copy MUTANTS_ROOT=$ROOT exec bash "$copy" "$@"
+fi
+ROOT=${MUTANTS_ROOT:-$ROOT}
+cd "$ROOT" || exit 2
+SELF=$MUTANTS_COPY
 RUNS=${MUTANT_RUNS:-2}
 LIMIT=${MUTANT_TIMEOUT:-600}
 PYTHON=/usr/bin/python3
@@ -57,6 +65,7 @@ ORIG=$WORK/orig
 
 cleanup() {
     pg_stop
+    rm -f "$SELF"
     if [ -n "${MUTANT_KEEP:-}" ]; then
         echo "# scratch kept in $WORK"
     else
@@ -407,7 +416,7 @@ test: $PYTHON tests/suite_access.py 'token via'
     unsigned char d = 0;
 
 === Origin matched as a prefix of an allowed one
-file: pgcdc.c
+file: http.c
 test: $PYTHON tests/suite_access.py 'allowed_origins'
 --- find
         if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
@@ -415,7 +424,7 @@ test: $PYTHON tests/suite_access.py 'allowed_origins'
         if ((n == 1 && *t == '*') || (n <= r->origin.n && !memcmp(t, r->origin.p, n)))
 
 === Origin default: the server's own origin matched as a prefix
-file: pgcdc.c
+file: http.c
 test: $PYTHON tests/suite_access.py 'look-alike'
 --- find
     if (o.n - k != host.n)
@@ -425,7 +434,7 @@ test: $PYTHON tests/suite_access.py 'look-alike'
         return 0;
 
 === Origin default: any origin allowed when none is listed
-file: pgcdc.c
+file: http.c
 test: $PYTHON tests/suite_harden.py 'default Origin policy'
 --- find
         s = comma ? comma + 1 : NULL;
@@ -435,7 +444,7 @@ test: $PYTHON tests/suite_harden.py 'default Origin policy'
 +++ replace
         s = comma ? comma + 1 : NULL;
     }
-    return S.cfg.allowed_origins ? -1 : 1;
+    return allowed ? -1 : 1;
 }
 
 === UTF-8: surrogates (ED A0..BF) accepted
@@ -542,4 +551,79 @@ test: make -s tests/unit && UNIT_ONLY='jwt' ./tests/unit
     if (t->has_kid && ks->n) {
         return &ks->keys[0];
         for (unsigned i = 0; i < ks->n; i++)
+
+=== ping flood: pongs queued without bound for a client that never reads
+file: pgcdc.c
+test: $PYTHON tests/conformance.py robust
+--- find
+            if (c->qbytes > S.cfg.max_queue) {   /* pings, never reading pongs */
++++ replace
+            if (0) {   /* pings, never reading pongs */
+
+=== rules: a claim's in-list values joined and parsed again as a list
+file: query.c
+test: $PYTHON tests/suite_jwt.py 'placeholder injection'
+--- find
+    size_t tl = strlen(f->text) + 2;
+    for (unsigned i = 0; i < nv; i++)
+        tl += 2 * v[i].n + 1;
++++ replace
+    if (f->op == OP_IN && nv) {
+        size_t jl = 0, o = 0;
+        for (unsigned i = 0; i < nv; i++)
+            jl += v[i].n + 1;
+        char *j = arena_get(a, jl + 1);
+        fval *pv = arena_get(a, (jl + 1) * sizeof *pv);
+        if (j && pv) {
+            for (unsigned i = 0; i < nv; i++) {
+                if (i)
+                    j[o++] = ',';
+                memcpy(j + o, v[i].s, v[i].n);
+                o += v[i].n;
+            }
+            j[o] = 0;
+            int k = parse_in_list(a, j, o, pv, (unsigned)(jl + 1));
+            if (k > 0) {
+                f->text = j;
+                f->vals = pv;
+                f->nvals = (unsigned)k;
+                return 0;
+            }
+        }
+    }
+    size_t tl = strlen(f->text) + 2;
+    for (unsigned i = 0; i < nv; i++)
+        tl += 2 * v[i].n + 1;
+
+=== jwt: a connection outlives its token's exp
+file: pgcdc.c
+test: $PYTHON tests/suite_jwt.py 'token expiry'
+--- find
+    c->token_exp = S.tok->exp;
++++ replace
+    c->token_exp = 0;
+
+=== rules: a rule of another table in the same schema applied
+file: query.c
+test: $PYTHON tests/suite_jwt.py 'rules'
+--- find
+        else if (!strcmp(rules[i].schema, schema) && !strcmp(rules[i].table, table))
++++ replace
+        else if (!strcmp(rules[i].schema, schema))
+
+=== jwt: HS256 signature compared on 31 of 32 bytes
+file: jwt.c
+test: make -s tests/unit && UNIT_ONLY='jwt' ./tests/unit
+--- find
+        if (t->siglen != 32 || !ct_equal(mac, t->sig, 32))
++++ replace
+        if (t->siglen != 32 || !ct_equal(mac, t->sig, 31))
+
+=== jwt: RS256 signature compared without its last byte
+file: jwt.c
+test: make -s tests/unit && UNIT_ONLY='jwt' ./tests/unit
+--- find
+    return ct_equal(em, want, k->k);
++++ replace
+    return ct_equal(em, want, k->k - 1);
 __TABLE__

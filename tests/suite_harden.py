@@ -384,8 +384,7 @@ def t_browser_refusals():
         before = metric(p.port, 'pgcdc_auth_failures_total{reason="token"}')
         for path, hdrs, status, frag in cases:
             expect_http(p.port, path, status, hdrs, frag)
-            reason = expect_close(p.port, path, 4000 + status, hdrs + own, frag)
-            assert "refused" not in reason.lower() or True
+            expect_close(p.port, path, 4000 + status, hdrs + own, frag)
         after = metric(p.port, 'pgcdc_auth_failures_total{reason="token"}')
         assert after - before == 4, "token failures counted %d, expected 4" % (after - before)
         # capacity: one client holds the only place

@@ -512,19 +512,24 @@ async def t_rules_injection(pc):
     socks = []
     for s in subs:
         socks.append((s, await connect(pc, path_of("*:j_orders", token=hs(claims_of(s))))))
-    wr = await connect(pc, path_of("insert:j_rooms", token=hs(claims_of(rooms=["1,2", "3)"]))))
+    # an in-list claim whose elements hold commas: one value each, never
+    # split again (14 is the marker that the subscription works)
+    wr = await connect(pc, path_of("insert:j_rooms", token=hs(claims_of(rooms=["11,12", "13)", 14]))))
     # also a claim that is a filter in disguise for in
     rows = ", ".join("('%s', %d)" % (s.replace("'", "''"), 1000 + i) for i, s in enumerate(subs))
     sql("INSERT INTO j_orders (customer_id, amount) VALUES ('1', 5), ('2', 6), ('u1', 7), ('x', 8), "
         + rows)
-    sql("INSERT INTO j_rooms VALUES (11, 'eleven'), (12, 'twelve')")
+    sql("INSERT INTO j_rooms VALUES (11, 'eleven'), (12, 'twelve'), (13, 'thirteen'), (14, 'fourteen')")
     for i, (s, w) in enumerate(socks):
         got = await marker(w, "j_orders", "amount", 1000 + i)
         assert [cols(f)["customer_id"] for f in got] == [s], (s, got)
         await close(w)
+    got = await marker(wr, "j_rooms", "id", 14)
+    assert [cols(f)["id"] for f in got] == [14], "rooms [\"11,12\", \"13)\", 14] received %s" % [
+        cols(f)["id"] for f in got]
     try:
-        msg = await asyncio.wait_for(wr.recv(), 1.0)
-        raise AssertionError("rooms [\"1,2\",\"3)\"] received %s" % msg[:100])
+        msg = await asyncio.wait_for(wr.recv(), 0.5)
+        raise AssertionError("rooms [\"11,12\", \"13)\", 14] received %s" % msg[:100])
     except asyncio.TimeoutError:
         pass
     await close(wr)
