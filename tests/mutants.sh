@@ -395,9 +395,9 @@ test: $PYTHON tests/suite_resume.py 'nothing twice'
 file: pgcdc.c
 test: $PYTHON tests/suite_resume.py '410'
 --- find
-        if (pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
+        if (!hold && pos_cmp(slsn, sidx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
 +++ replace
-        if (slsn < S.hist.floor_lsn) {
+        if (!hold && slsn < S.hist.floor_lsn) {
 
 === reconnect: the last change sent is sent again
 file: pgcdc.c
@@ -626,4 +626,33 @@ test: make -s tests/unit && UNIT_ONLY='jwt' ./tests/unit
     return ct_equal(em, want, k->k);
 +++ replace
     return ct_equal(em, want, k->k - 1);
+
+# ---- Server-Sent Events
+
+=== SSE: Last-Event-ID ignored
+file: pgcdc.c
+test: $PYTHON tests/suite_sse.py 'Last-Event-ID'
+--- find
+        pd->prm.since = pd->leid;
++++ replace
+        (void)pd->leid;
+
+=== SSE: a since parameter wins over Last-Event-ID
+file: pgcdc.c
+test: $PYTHON tests/suite_sse.py 'Last-Event-ID'
+--- find
+        pd->prm.since = pd->leid;
++++ replace
+        if (!pd->prm.since)
+            pd->prm.since = pd->leid;
+
+=== SSE: a held position served once replication starts, even if older than the history
+file: pgcdc.c
+test: $PYTHON tests/suite_sse.py 'held open'
+--- find
+            if (pos_cmp(c->since_lsn, c->since_idx, S.hist.floor_lsn, S.hist.floor_idx) < 0) {
+                log_info("client %llu %s: held position is older than the history", (unsigned long long)c->id,
++++ replace
+            if (0) {
+                log_info("client %llu %s: held position is older than the history", (unsigned long long)c->id,
 __TABLE__
