@@ -415,13 +415,13 @@ test: $PYTHON tests/suite_access.py 'token via'
 +++ replace
     unsigned char d = 0;
 
-=== Origin matched as a prefix of an allowed one
-file: http.c
+=== Origin matched as a prefix of an allowed one (word lists compared on a prefix)
+file: query.c
 test: $PYTHON tests/suite_access.py 'allowed_origins'
 --- find
-        if ((n == 1 && *t == '*') || (n == r->origin.n && !memcmp(t, r->origin.p, n)))
+        if (l->v[i].n == n && !memcmp(l->v[i].p, s, n))
 +++ replace
-        if ((n == 1 && *t == '*') || (n <= r->origin.n && !memcmp(t, r->origin.p, n)))
+        if (l->v[i].n <= n && !memcmp(l->v[i].p, s, l->v[i].n))
 
 === Origin default: the server's own origin matched as a prefix
 file: http.c
@@ -437,14 +437,12 @@ test: $PYTHON tests/suite_access.py 'look-alike'
 file: http.c
 test: $PYTHON tests/suite_harden.py 'default Origin policy'
 --- find
-        s = comma ? comma + 1 : NULL;
-    }
+        return 1;
     return -1;
 }
 +++ replace
-        s = comma ? comma + 1 : NULL;
-    }
-    return allowed ? -1 : 1;
+        return 1;
+    return allowed && allowed->n ? -1 : 1;
 }
 
 === UTF-8: surrogates (ED A0..BF) accepted
@@ -655,4 +653,30 @@ test: $PYTHON tests/suite_sse.py 'held open'
 +++ replace
             if (0) {
                 log_info("client %llu %s: held position is older than the history", (unsigned long long)c->id,
+
+# ---- subscription limits (query.c)
+
+=== in-list cap: 1,001 values accepted (off by one)
+file: query.c
+test: make -s tests/unit && UNIT_ONLY='1000 in-list values|long in-lists' ./tests/unit
+--- find
+    if (nin > SPEC_MAX_IN) {
++++ replace
+    if (nin > SPEC_MAX_IN + 1) {
+
+=== in-list cap: counted per filter, not per subscription
+file: query.c
+test: make -s tests/unit && UNIT_ONLY='1000 in-list values|long in-lists' ./tests/unit
+--- find
+            nin += sp->filters[i].nvals;
++++ replace
+            nin = sp->filters[i].nvals > nin ? sp->filters[i].nvals : nin;
+
+=== filter cap: the query's own filter not counted (17 in all accepted)
+file: query.c
+test: make -s tests/unit && UNIT_ONLY='at most 16 filters' ./tests/unit
+--- find
+    if (nfilters + (c2 != NULL) > SPEC_MAX_FILTERS) {
++++ replace
+    if (nfilters > SPEC_MAX_FILTERS) {
 __TABLE__
