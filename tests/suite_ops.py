@@ -712,16 +712,18 @@ def t_head():
 def t_head_refusals():
     """HEAD never carries a body, whatever the status: a refusal keeps its
     status line and Content-Length (of the body GET would get) and sends
-    nothing after the head.  (A HEAD on /ws is refused with 405 before the
-    upgrade headers are looked at, so HEAD cannot earn the 426 of /ws.)"""
+    nothing after the head.  A HEAD on /ws gets what a GET without an
+    upgrade gets, 426 (a HEAD is never an upgrade)."""
     with Pgcdc() as pc:
-        for path, status in (("/ping", 200), ("/nosuch", 404), ("/ws", 405),
-                             ("/ws?query=insert:orders", 405)):
+        for path, status in (("/ping", 200), ("/nosuch", 404), ("/ws", 426),
+                             ("/ws?query=insert:orders", 426)):
             line, hdr, rest = head_request(pc.port, path)
             assert line.startswith("HTTP/1.1 %d " % status), "HEAD %s: %r" % (path, line)
             assert rest == b"", "HEAD %s (%d) sent a body: %r" % (path, status, rest[:100])
             assert int(hdr.get("content-length", "0")) > 0, \
                 "HEAD %s: Content-Length %r, expected the length a GET would get" % (path, hdr.get("content-length"))
+        st, _ = http_get(pc.port, "/ws")
+        assert st == 426, "GET /ws: %d" % st
         # the GET answers to the same paths do carry their bodies
         st, body = http_get(pc.port, "/nosuch")
         assert st == 404 and body, "GET /nosuch: %d %r" % (st, body)
@@ -912,7 +914,7 @@ TESTS = [
     ("ops: pgcdc_confirmed_lsn_bytes advances and equals the slot's confirmed_flush_lsn", t_confirmed_lsn),
     ("ops: pgcdc_replication_lag_bytes non-negative, small when idle", t_lag),
     ("ops: HEAD /ping and HEAD /health send headers only", t_head),
-    ("ops: HEAD answered 200, 404 or 405 carries no body", t_head_refusals),
+    ("ops: HEAD answered 200, 404 or 426 carries no body", t_head_refusals),
     ("ops: startup log names version, listen address, slot, server version", t_log_startup),
     ("ops: one log line per connection event, naming the client", t_log_connection_events),
     ("ops: no log line per change", t_log_no_line_per_change),
