@@ -80,7 +80,8 @@ static: $(SRCS) $(HDRS) $(WEB_H)
 demo:
 	bash web/demo.sh
 
-# Fuzzers (clang, libFuzzer) for the frame decoder, the wal2json tokenizer,
+# Fuzzers (clang, libFuzzer) for the frame decoder, the SSE event framing,
+# the wal2json tokenizer,
 # the query parser, the HTTP request parser, and the JWT and JWKS parsers;
 # FUZZ_SECONDS each.
 fuzz:

@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 0
 ROOT=$PWD
 SECS=${FUZZ_SECONDS:-20}
 case $SECS in ''|*[!0-9]*) SECS=20 ;; esac
-TARGETS=${FUZZ_TARGETS:-ws json query http request jwt jwks}
+TARGETS=${FUZZ_TARGETS:-ws json query http request jwt jwks sse}
 OUT=$ROOT/build/fuzz
 STD=(-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1
      -fno-omit-frame-pointer -I"$ROOT")
@@ -37,6 +37,7 @@ trap 'rm -rf "$TMP"' EXIT
 sources() {
     case $1 in
         ws) echo "ws.c base64.c sha1.c" ;;
+        sse) echo "sse.c" ;;
         json) echo "json.c" ;;
         query) echo "query.c json.c" ;;
         http) echo "http.c query.c json.c" ;;
