@@ -16,7 +16,7 @@ SRCS = pgcdc.c $(UNITS)
 HDRS = pgcdc.h jwt.h
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test unit asan fuzz fuzz-replay clean install static demo mutants
+.PHONY: all test unit asan fuzz fuzz-replay bench clean install static demo mutants
 
 all: pgcdc
 
@@ -79,6 +79,35 @@ static: $(SRCS) $(HDRS) $(WEB_H)
 # Builds and runs pgcdc against a throwaway local database (Ctrl-C ends it).
 demo:
 	bash web/demo.sh
+
+# The fuzz targets: tests/fuzz/fuzz_T.c with the units it exercises, built
+# with clang and libFuzzer (build/fuzz/fuzz_T) or, to replay the committed
+# corpus without libFuzzer, with gcc around tests/fuzz/replay.c
+# (build/fuzz/replay_T); ASan and UBSan in both.  tests/fuzz.sh runs them.
+FUZZ_UNITS_ws = ws.c base64.c sha1.c
+FUZZ_UNITS_sse = sse.c
+FUZZ_UNITS_json = json.c
+FUZZ_UNITS_query = query.c json.c
+FUZZ_UNITS_http = http.c query.c json.c
+FUZZ_UNITS_request = http.c query.c json.c grant.c sha1.c base64.c
+FUZZ_UNITS_jwt = jwt.c sha256.c base64.c json.c
+FUZZ_UNITS_jwks = $(FUZZ_UNITS_jwt)
+FUZZ_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \
+              -fno-omit-frame-pointer -fno-sanitize-recover=all -I.
+.SECONDEXPANSION:
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_UNITS_$$*) $(HDRS)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_UNITS_$*)
+build/fuzz/replay_%: tests/fuzz/replay.c tests/fuzz/fuzz_%.c $$(FUZZ_UNITS_$$*) $(HDRS)
+	@mkdir -p build/fuzz
+	gcc $(FUZZ_CFLAGS) -fsanitize=address,undefined -o $@ tests/fuzz/replay.c tests/fuzz/fuzz_$*.c $(FUZZ_UNITS_$*)
+
+# The load generator of the benchmarks; `make bench` runs bench/run.sh.
+build/wsload: bench/wsload.c
+	@mkdir -p build
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(WARN) -O2 -o $@ bench/wsload.c
+bench: pgcdc build/wsload
+	bash bench/run.sh
 
 # Fuzzers (clang, libFuzzer) for the frame decoder, the SSE event framing,
 # the wal2json tokenizer,

@@ -14,8 +14,8 @@
 # at a fixed change rate; capacity finds how many clients one instance
 # serves with p99 latency under 10 ms.
 #
-# It starts its own throwaway PostgreSQL (initdb in /tmp/bench-*, unix socket
-# only, wal_level=logical, fsync=off), builds pgcdc (make) and wsload, runs
+# It starts its own throwaway PostgreSQL (tests/pg.sh, with more memory),
+# builds pgcdc and wsload (make), runs
 # the scenarios and prints one table at the end.  Everything it starts is
 # stopped on exit.  Each step is bounded in time; "all" takes a few minutes.
 #
@@ -55,7 +55,6 @@ for a in "${@:-all}"; do
 done
 
 DIR=$(mktemp -d /tmp/bench-XXXXXX)
-SOCK=$DIR/sock
 STARTED=()          # pids to stop on exit
 PG_UP=0
 ROWS=()             # result table: scenario|metric|pgcdc|reference|ratio
@@ -73,7 +72,7 @@ cleanup() {
         kill -KILL "$p" 2>/dev/null
     done
     if [ "$PG_UP" = 1 ]; then
-        "${AS[@]}" "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate -w -t 30 stop >/dev/null 2>&1
+        pg_stop
     fi
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "kept $DIR" >&2
@@ -84,19 +83,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$(id -u)" = 0 ]; then
-    AS=(runuser -u postgres --)
-else
-    AS=()
-fi
 
 # ---- building ------------------------------------------------------------
 
-WSLOAD=$DIR/wsload
-CFLAGS_W="-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra \
--pedantic -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -O2"
-# shellcheck disable=SC2086
-${CC:-cc} $CFLAGS_W -o "$WSLOAD" "$ROOT/bench/wsload.c" || { log "wsload does not build"; exit 1; }
+WSLOAD=$ROOT/build/wsload
+make -C "$ROOT" -s build/wsload >&2 || { log "wsload does not build"; exit 1; }
 if [ -z "${PGCDC:-}" ]; then
     make -C "$ROOT" -s pgcdc >&2 || { log "pgcdc does not build"; exit 1; }
     PGCDC=$ROOT/pgcdc
@@ -104,31 +95,19 @@ fi
 
 # ---- PostgreSQL ------------------------------------------------------------
 
-mkdir -p "$SOCK"
-[ ${#AS[@]} -gt 0 ] && chown -R postgres "$DIR"
-"${AS[@]}" "$PGBIN/initdb" -D "$DIR/data" -U postgres -A trust -E UTF8 --no-sync \
-    >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; exit 1; }
-cat >>"$DIR/data/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$SOCK'
-port = $PGPORT
-wal_level = logical
-fsync = off
-full_page_writes = off
-max_wal_senders = 20
-max_replication_slots = 20
+# tests/pg.sh's cluster (logical decoding, fsync off), with more memory
+cat >"$DIR/pg_extra.conf" <<EOF
 max_connections = 50
 shared_buffers = 256MB
 max_wal_size = 4GB
 checkpoint_timeout = 30min
 wal_sender_timeout = 120s
 EOF
-if "${AS[@]}" "$PGBIN/postgres" --describe-config 2>/dev/null | grep -q '^output_plugin_libraries'; then
-    echo "output_plugin_libraries = 'wal2json'" >>"$DIR/data/postgresql.conf"
-fi
-"${AS[@]}" "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w -t 60 start >/dev/null \
-    || { cat "$DIR/pg.log" >&2; exit 1; }
+# shellcheck source=../tests/pg.sh
+. "$ROOT/tests/pg.sh"
+PG_BIN=$PGBIN PG_EXTRA_CONF=$DIR/pg_extra.conf pg_start "$PGPORT" || { log "PostgreSQL does not start"; exit 1; }
 PG_UP=1
+SOCK=$PGHOST
 
 psqlq() {
     timeout 300 "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PGPORT" \

@@ -25,25 +25,16 @@ SECS=${FUZZ_SECONDS:-20}
 case $SECS in ''|*[!0-9]*) SECS=20 ;; esac
 TARGETS=${FUZZ_TARGETS:-ws json query http request jwt jwks sse}
 OUT=$ROOT/build/fuzz
-STD=(-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1
-     -fno-omit-frame-pointer -I"$ROOT")
-SAN=-fno-sanitize-recover=all
 
 mkdir -p "$OUT" || { echo "not ok - fuzz: cannot create $OUT"; exit 0; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/pgcdc-fuzz.XXXXXX") || { echo "not ok - fuzz: no temp dir"; exit 0; }
 trap 'rm -rf "$TMP"' EXIT
 
-# sources TARGET: the files compiled with tests/fuzz/fuzz_TARGET.c, and flags.
-sources() {
-    case $1 in
-        ws) echo "ws.c base64.c sha1.c" ;;
-        sse) echo "sse.c" ;;
-        json) echo "json.c" ;;
-        query) echo "query.c json.c" ;;
-        http) echo "http.c query.c json.c" ;;
-        request) echo "http.c query.c json.c grant.c sha1.c base64.c" ;;
-        jwt|jwks) echo "jwt.c sha256.c base64.c json.c" ;;
-    esac
+# The builds (flags, and the units each target links) are the Makefile's:
+# build/fuzz/fuzz_TARGET (clang, libFuzzer) and build/fuzz/replay_TARGET
+# (gcc, around tests/fuzz/replay.c).
+known() {
+    [ -f "$ROOT/tests/fuzz/fuzz_$1.c" ] && make -s -n "build/fuzz/fuzz_$1" >/dev/null 2>&1
 }
 
 # Is there a clang that can link a libFuzzer target?
@@ -74,8 +65,7 @@ fuzz() {
     local t=$1 bin log corpus runs crash
     bin=$OUT/fuzz_$t log=$TMP/fuzz_$t.log corpus=$TMP/corpus_$t
     # shellcheck disable=SC2046
-    if ! clang "${STD[@]}" -fsanitize=fuzzer,address,undefined $SAN \
-            -o "$bin" "tests/fuzz/fuzz_$t.c" $(sources "$t") >"$log" 2>&1; then
+    if ! make -s -B "build/fuzz/fuzz_$t" >"$log" 2>&1; then
         tail -n 20 "$log"
         echo "not ok - fuzz $t: clang build failed"
         return
@@ -107,8 +97,7 @@ replay() {
     local t=$1 bin log
     bin=$OUT/replay_$t log=$TMP/replay_$t.log
     # shellcheck disable=SC2046
-    if ! gcc "${STD[@]}" -fsanitize=address,undefined $SAN \
-            -o "$bin" tests/fuzz/replay.c "tests/fuzz/fuzz_$t.c" $(sources "$t") >"$log" 2>&1; then
+    if ! make -s -B "build/fuzz/replay_$t" >"$log" 2>&1; then
         tail -n 20 "$log"
         echo "not ok - replay $t corpus: gcc build failed"
         return
@@ -123,7 +112,7 @@ replay() {
 }
 
 for t in $TARGETS; do
-    if [ ! -f "$ROOT/tests/fuzz/fuzz_$t.c" ] || [ -z "$(sources "$t")" ]; then
+    if ! known "$t"; then
         echo "not ok - fuzz $t: no tests/fuzz/fuzz_$t.c"
         continue
     fi
