@@ -170,6 +170,14 @@ def js_refusals(transport):
             ({"query": "*:sse_js_ref", "token": "wrong-token-wrong-token"}, 401, "token"),
             ({"query": "*:sse_js_ref", "token": None}, 401, "token"),
         ]
+        # a URL that is not pgcdc's (404) or not a URL at all
+        for url, code, word in ((base(pc) + "nothing/here/", 404, "not found"), ("http://[::1", 0, "bad URL")):
+            with NodeClient("subscribe", url, {"query": "*:sse_js_ref", "transport": transport}) as nc:
+                info = nc.wait_status("closed")["info"]
+                assert info.get("code") == code and word in info.get("reason", ""), "%s: %s" % (url, info)
+                nc.close()
+                st = [x["status"] for x in nc.statuses()]
+                assert st.count("connecting") == 1 and "reconnecting" not in st, "%s: retried: %s" % (url, st)
         for opts, code, word in cases:
             o = dict(opts, transport=transport)
             if "token" not in o:
@@ -893,9 +901,9 @@ TESTS = [
     ("sse: curl -N shows the events", t_sse_curl),
     ("README's pgcdc.js examples run in Node as printed", t_readme_examples),
     ("GET /pgcdc.js: the module, cacheable, 304 on its ETag, 404 without demo_page", t_js_served),
-    ("pgcdc.js subscribe() over WebSocket reports 400/401/403 with the reason and does not retry",
+    ("pgcdc.js subscribe() over WebSocket reports 400/401/403/404 and bad URLs with the reason, no retry",
      t_js_refusals_ws),
-    ("pgcdc.js subscribe() over SSE (fetch) reports 400/401/403 with the reason and does not retry",
+    ("pgcdc.js subscribe() over SSE (fetch) reports 400/401/403/404 and bad URLs with the reason, no retry",
      t_js_refusals_sse),
     ("pgcdc.js subscribe() over WebSocket resumes across a pgcdc restart, every row once",
      t_js_restart_ws),

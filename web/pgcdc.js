@@ -23,7 +23,8 @@
 // In Node 20, WebSocket needs `node --experimental-websocket` (Node 22 has
 // it); SSE uses fetch() there.  Browsers use WebSocket and EventSource.
 
-const FATAL = new Set([400, 401, 403]);    // never retried: the request itself is wrong
+// never retried: the request itself is wrong (404: not a pgcdc address)
+const FATAL = new Set([400, 401, 403, 404]);
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30000;
 
@@ -127,8 +128,9 @@ async function diagnose(sseUrl) {
  *              otherwise the subscription is closed with status "closed".
  *   minDelay, maxDelay   back-off bounds in ms (default 500 and 30000)
  *
- * It never retries a refusal that cannot succeed (400, 401, 403): it calls
- * onStatus("closed", {code, reason}) with the server's reason instead.
+ * It never retries a refusal that cannot succeed (400, 401, 403, 404, or a
+ * URL that does not parse): it calls onStatus("closed", {code, reason})
+ * with the server's reason instead.
  */
 export function subscribe(url, options = {}) {
   const o = options;
@@ -238,7 +240,15 @@ export function subscribe(url, options = {}) {
       return;
     }
     if (g !== gen || stopped) return;
-    const sseUrl = endpoint(url, "sse", p, false);
+    let sseUrl, wsUrl;
+    try {
+      sseUrl = endpoint(url, "sse", p, false);
+      wsUrl = endpoint(url, "ws", p, true);
+    } catch (e) {
+      stopped = true;
+      report("closed", { code: 0, reason: "bad URL " + JSON.stringify(String(url)) + ": " + (e && e.message || e) });
+      return;
+    }
     if (transport === "ws") {
       if (typeof WebSocket !== "function") {
         stopped = true;
@@ -246,7 +256,7 @@ export function subscribe(url, options = {}) {
         return;
       }
       let ws, opened = false, done = false;
-      try { ws = new WebSocket(endpoint(url, "ws", p, true)); } catch (e) {
+      try { ws = new WebSocket(wsUrl); } catch (e) {
         stopped = true;
         report("closed", { code: 0, reason: String(e && e.message || e) });
         return;
