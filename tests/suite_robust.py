@@ -218,14 +218,15 @@ def t_ping_flood_memory():
 # ---- 3. replaying clients do not freeze the loop --------------------------
 
 def t_replay_keeps_loop_responsive():
-    """A 32 MiB history full of small rows; ten clients replay all of it
+    """A history full of small rows; ten clients replay all of it
     with a filter that matches nothing while /ping is timed every 20 ms."""
-    # 130001 frames of at most 200 bytes fill 32 MiB of 256-byte blocks
-    # without evicting any: short names keep each change that small
+    # 130001 frames (each with its "xid" member, under 512 bytes with the
+    # frame's own header) fit 96 MiB of pool blocks without evicting any:
+    # short names keep each change that small
     rows = 130000
     txns = 4
     sql("DROP TABLE IF EXISTS rbr; CREATE TABLE rbr (i int PRIMARY KEY)")
-    pc = Pgcdc({"server": {"history": "33554432"}})
+    pc = Pgcdc({"server": {"history": "100663296"}})
     pc.start()
     clients = []
     try:
