@@ -3028,6 +3028,9 @@ static const char *explain(const char *sqlstate, const char *msg)
         return "logical decoding needs wal_level = logical on the server (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)";
     if (sqlstate && !strcmp(sqlstate, "55006"))
         return "the replication slot is in use by another process (another pgcdc with the same slot?)";
+    if (sqlstate && !strcmp(sqlstate, "42710") && strstr(msg, "replication slot") && S.cfg.temporary_slot)
+        return "the temporary replication slot is in use by another connection (another pgcdc with the same "
+               "slot?): give each instance its own slot";
     if (strstr(msg, "must be superuser or replication role") || strstr(msg, "permission denied to start WAL sender") ||
         (sqlstate && !strcmp(sqlstate, "42501")))
         return "the role lacks the REPLICATION privilege (ALTER ROLE ... WITH REPLICATION)";
