@@ -4055,21 +4055,20 @@ static void snap_start(snapconn *sc, snapjob *j)
 }
 
 /* The first history sequence the snapshot may not have seen: everything
- * decoded from p0 on, and any earlier transaction still in progress for the
- * snapshot (its commit can be decoded before it shows as committed, for
- * example while it waits for a synchronous standby). */
+ * decoded from p0 on, and any earlier transaction the snapshot does not
+ * see.  A commit can be decoded before it shows as committed to new
+ * snapshots (between its WAL record and its removal from the proc array,
+ * or while it waits for a synchronous standby): such a transaction is in
+ * the snapshot's in-progress list, or at or above its xmax when it was the
+ * newest. */
 static void snap_find_scan(snapjob *j)
 {
     snapvis *v = j->vis;
     j->scan = j->p0;
-    if (!v->nxip)
-        return;
     for (uint64_t seq = j->p0; seq-- > S.hist.first_seq; ) {
         frame *f = hist_at(seq);
-        uint64_t x = xid_widen(f->xid, v->xmax);
-        for (size_t i = 0; i < v->nxip; i++)
-            if (v->xip[i] == x)
-                j->scan = seq;
+        if (f->lsn >= v->wal || !xid_visible(f->xid, v->xmin, v->xmax, v->xip, v->nxip))
+            j->scan = seq;
     }
 }
 
