@@ -355,6 +355,38 @@ async def t_messages_js(h, pc):
         shutil.rmtree(d, ignore_errors=True)
 
 
+async def t_role_sql(h):
+    """README's role and GRANT, run as written: pgcdc logged in as that role
+    streams, takes snapshots of the tables the GRANT covered, and refuses
+    (403, before the upgrade) a snapshot of a table created after it, while
+    still streaming that table's changes."""
+    import websockets
+    code = [c for section, lang, c, _ in blocks() if section == "Setting up PostgreSQL" and lang == "sql"]
+    assert len(code) == 1, "README's PostgreSQL set-up has %d sql blocks, want 1" % len(code)
+    m = re.search(r"CREATE ROLE (\w+) .*?PASSWORD '([^']*)'", code[0])
+    assert m, "README's sql block creates no role with a password"
+    role, password = m.group(1), m.group(2)
+    h.sql("DROP TABLE IF EXISTS granted_t, later_t; CREATE TABLE granted_t (id int PRIMARY KEY, v text); "
+          "INSERT INTO granted_t VALUES (1, 'a'), (2, 'b')")
+    h.sql(code[0])
+    h.sql("CREATE TABLE later_t (id int PRIMARY KEY, v text)")
+    pc = h.Pgcdc({"postgres": {"conninfo": "host=%s port=%s user=%s password=%s dbname=%s" % (
+        h.PGHOST, h.PGPORT, role, password, h.PGDATABASE)}})
+    try:
+        pc.start()
+        async with websockets.connect(pc.url("/ws?query=*:granted_t&snapshot=1")) as ws:
+            got = [json.loads(await asyncio.wait_for(ws.recv(), 15)) for _ in range(3)]
+        assert [m["action"] for m in got] == ["S", "S", "E"], got
+        st, head = request(pc.port, "/ws?query=*:later_t&snapshot=1")
+        assert st == 403, "a snapshot of a table created after the GRANT: %d %s" % (st, head[-200:])
+        async with websockets.connect(pc.url("/ws?query=*:later_t")) as ws:
+            h.sql("INSERT INTO later_t VALUES (7, 'x')")
+            m = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert m["action"] == "I" and m["columns"][0]["value"] == 7, m
+    finally:
+        pc.stop()
+
+
 def ident(name):
     return '"%s"' % name.replace('"', '""')
 
@@ -683,6 +715,8 @@ def main():
                 ("readme: the example messages are what pgcdc sends", lambda: t_messages(h, pc)),
                 ("readme: the JavaScript for I, U, D and T keeps the right rows", lambda: t_messages_js(h, pc)),
                 ("readme: every example URL is accepted as printed", lambda: t_example_urls(h, pc)),
+                ("readme: the role and GRANT stream, and snapshot exactly the tables granted",
+                 lambda: t_role_sql(h)),
                 ("readme, protocol: the metrics tables list exactly the metrics served, with their types",
                  lambda: t_metrics_documented(h, pc))):
             if not want(tname):
