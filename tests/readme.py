@@ -1,4 +1,5 @@
-"""readme.py -- README.md is used as written, so it cannot drift from pgcdc.
+"""readme.py -- README.md is used as written, so it cannot drift from pgcdc
+(and docs/protocol.md is held to the program the same way).
 
 Takes README's configuration blocks, example URLs, messages and deployment
 files literally and checks each against the program and the repository:
@@ -14,10 +15,20 @@ files literally and checks each against the program and the repository:
 - every example URL is sent exactly as printed and must be accepted (101
   for /ws, 200 for /sse), against tables created from the names it uses;
   each readable form decodes to the same parameters as its encoded form;
+- the role and GRANT, run as written, let pgcdc stream, and take snapshots
+  of exactly the tables that existed when the GRANT ran;
+- every JavaScript, Python and shell block parses;
 - the nginx block is dist/nginx.conf byte for byte (the file
-  tests/proxy.sh runs), the grant minting snippets are the code of
-  tests/grant_mint.*, and the systemd install steps are the unit's own.
+  tests/proxy.sh runs), the grant and JWT minting snippets are the code of
+  tests/grant_mint.* and tests/jwt_mint.*, and the systemd install steps
+  are the unit's own;
+- the metrics tables of README and docs/protocol.md list exactly the
+  metrics /metrics serves, with their types, and their configuration
+  tables (and pgcdc.example.config) exactly the keys pgcdc knows;
+- every citation of docs/protocol.md in the sources names one of its
+  sections, and docs/protocol.md's example messages are README's.
 
+README_MD=FILE checks another copy of README (to see that a check can fail).
 Run by test.sh as an optional stage, with the environment it sets (PGCDC,
 TMPDIR).  Arguments select tests by name, as in the suites.
 """
