@@ -984,6 +984,7 @@ typedef struct snapconn {
     enum snapc_state state;
     int slot;                 /* poll slot */
     snapjob *job;             /* the snapshot it runs */
+    PGresult *rows;           /* a FETCH's rows, rendered once it is complete */
     int64_t since;            /* when the current step began (ms) */
     int nres;                 /* results of the prologue so far */
     int failed;               /* the current command failed ... */
@@ -3901,10 +3902,13 @@ static void snap_conn_down(snapconn *sc, const char *why)
         snap_fail(j, 1011, "query", r);
         snap_job_free(j);
     }
+    if (sc->rows)
+        PQclear(sc->rows);
     if (sc->cancel)
         PQfreeCancel(sc->cancel);
     if (sc->conn)
         PQfinish(sc->conn);
+    sc->rows = NULL;
     sc->cancel = NULL;
     sc->conn = NULL;
     sc->state = SC_DOWN;
@@ -4354,14 +4358,16 @@ static void snap_take_rows(snapconn *sc, PGresult *res)
         j->rows++;
         S.snap.rows++;
     }
-    if ((unsigned)n < j->batch)
-        sc->nres = -1;        /* the cursor is exhausted */
 }
 
 /* All results of the connection's command are in: the next step. */
 static void snap_conn_step(snapconn *sc)
 {
     snapjob *j = sc->job;
+    if (sc->rows && (sc->state != SC_FETCH || sc->failed || !j || !j->c)) {
+        PQclear(sc->rows);
+        sc->rows = NULL;
+    }
     if (sc->state == SC_SETUP) {
         if (sc->failed) {
             char m[256];
@@ -4437,22 +4443,38 @@ static void snap_conn_step(snapconn *sc)
     case SC_DECLARE:
         snap_fetch(sc);
         break;
-    case SC_FETCH:
-        if (sc->nres == -1) {  /* the last batch */
+    case SC_FETCH: {
+        PGresult *res = sc->rows;
+        int last = !res || (unsigned)PQntuples(res) < j->batch;   /* the cursor is exhausted */
+        sc->rows = NULL;
+        /* the database reads the next batch while this one is rendered */
+        if (last) {
             sc->state = SC_END;
             snap_send_query(sc, "COMMIT");
-            snap_finish(j);
         } else {
             snap_fetch(sc);
         }
+        if (res) {
+            snap_take_rows(sc, res);
+            PQclear(res);
+        }
+        if (last && sc->failed) {
+            char r[300];
+            snprintf(r, sizeof r, "snapshot failed: %s", sc->err);
+            snap_fail(j, 1011, "query", r);
+        } else if (last) {
+            snap_finish(j);
+        }
         break;
+    }
     default:
         break;
     }
 }
 
-/* A result of the connection's current command. */
-static void snap_conn_result(snapconn *sc, PGresult *res)
+/* A result of the connection's current command; returns 1 when it keeps
+ * res (a FETCH's rows), else the caller clears it. */
+static int snap_conn_result(snapconn *sc, PGresult *res)
 {
     ExecStatusType st = PQresultStatus(res);
     snapjob *j = sc->job;
@@ -4463,10 +4485,10 @@ static void snap_conn_result(snapconn *sc, PGresult *res)
             snprintf(sc->err, sizeof sc->err, "%s", m ? m : PQresultErrorMessage(res));
         }
         sc->failed = 1;
-        return;
+        return 0;
     }
     if (sc->failed || !j || !j->c || sc->state == SC_SETUP || sc->state == SC_END)
-        return;
+        return 0;
     if (sc->state == SC_PROLOGUE) {
         int k = sc->nres++;
         int bad = 0;
@@ -4480,9 +4502,11 @@ static void snap_conn_result(snapconn *sc, PGresult *res)
             snprintf(sc->err, sizeof sc->err, "unexpected answer from the database");
             sc->failed = 1;
         }
-    } else if (sc->state == SC_FETCH && st == PGRES_TUPLES_OK) {
-        snap_take_rows(sc, res);
+    } else if (sc->state == SC_FETCH && st == PGRES_TUPLES_OK && !sc->rows) {
+        sc->rows = res;
+        return 1;
     }
+    return 0;
 }
 
 static void snap_event(snapconn *sc)
@@ -4516,8 +4540,8 @@ static void snap_event(snapconn *sc)
            sc->state != SC_DOWN) {
         PGresult *res = PQgetResult(sc->conn);
         if (res) {
-            snap_conn_result(sc, res);
-            PQclear(res);
+            if (!snap_conn_result(sc, res))
+                PQclear(res);
             continue;
         }
         snap_conn_step(sc);
@@ -4587,6 +4611,9 @@ static void snap_shutdown(void)
             snap_job_free(sc->job);
             sc->job = NULL;
         }
+        if (sc->rows)
+            PQclear(sc->rows);
+        sc->rows = NULL;
         if (sc->cancel)
             PQfreeCancel(sc->cancel);
         if (sc->conn)
