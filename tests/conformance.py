@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from harness import rss_kib  # noqa: E402
 import wsraw  # noqa: E402
 from wsraw import (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING,  # noqa: E402
                    OP_PONG, RSV1, RSV2, RSV3, PeerClosed, Timeout)
@@ -989,14 +990,6 @@ def robust_ping_flood():
         alive(ws)
     finally:
         ws.close()
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def robust_ping_flood_unread():

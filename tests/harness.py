@@ -36,8 +36,17 @@ def report(name, ok, why=""):
         print("not ok - %s: %s" % (name, why), flush=True)
 
 
+def selected(name):
+    """Is the test called name to run?  Every suite selects the same way: all
+    tests, or those whose name contains one of the command-line arguments."""
+    return len(sys.argv) < 2 or any(a in name for a in sys.argv[1:])
+
+
 def run_test(name, fn, *args):
-    """Runs fn (sync or async); an exception or AssertionError fails it."""
+    """Runs fn (sync or async) when selected; an exception or AssertionError
+    fails it."""
+    if not selected(name):
+        return
     try:
         r = fn(*args)
         if asyncio.iscoroutine(r):
@@ -51,8 +60,7 @@ def run_selected(tests):
     """Runs (name, fn) pairs: all, or those whose name contains one of the
     command-line arguments; then finish()."""
     for name, fn in tests:
-        if len(sys.argv) < 2 or any(a in name for a in sys.argv[1:]):
-            run_test(name, fn)
+        run_test(name, fn)
     finish()
 
 
@@ -273,3 +281,49 @@ def pos_key(pos):
     lsn, n = pos.rsplit(":", 1)
     hi, lo = lsn.split("/")
     return ((int(hi, 16) << 32) | int(lo, 16), int(n))
+
+
+# ---- helpers the suites share ----------------------------------------------
+
+def lsn_int(lsn):
+    """'X/Y' -> the LSN as an integer."""
+    hi, lo = lsn.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def metrics(port):
+    """/metrics as {sample name (labels included, as printed): float value}."""
+    st, body = http_get(port, "/metrics")
+    assert st == 200, "/metrics answered %d" % st
+    out = {}
+    for line in body.split("\n"):
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out
+
+
+def metric(port, name):
+    """One sample of /metrics (it must be there)."""
+    m = metrics(port)
+    assert name in m, "/metrics lacks %s" % name
+    return m[name]
+
+
+def rss_kib(pid, field="VmRSS"):
+    """A process's resident size (or another /proc/PID/status field), KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for pid %d" % (field, pid))
+
+
+def raw_client(pc, query, timeout=5.0, rcvbuf=None):
+    """A raw WebSocket client (tests/wsraw.py) past its handshake, 101 checked."""
+    import wsraw
+    c = wsraw.WsRaw("127.0.0.1", pc.port, timeout, rcvbuf)
+    resp = c.handshake("/ws?query=" + query)
+    assert resp.status == 101, "upgrade answered %r" % resp
+    return c

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import wsraw  # noqa: E402
 from harness import Pgcdc, http_get, run_selected, sql, wait_until, ws_path  # noqa: E402
+from harness import metric  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -38,15 +39,6 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def metric(port, name):
-    st, body = http_get(port, "/metrics")
-    assert st == 200, "/metrics answered %d" % st
-    for line in body.split("\n"):
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 class Pinger:

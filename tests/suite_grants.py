@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from harness import Pgcdc, finish, raw_http, report, run_test, sql  # noqa: E402
+from harness import Pgcdc, finish, raw_http, report, run_test, selected, sql  # noqa: E402
 from harness import recv_until as harness_recv_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -310,11 +310,6 @@ async def t_no_secret(pc):
 
 def main():
     make_tables()
-    only = sys.argv[1:]
-
-    def want(name):
-        return not only or any(a in name for a in only)
-
     pc = Pgcdc({"server": {"grant_secret": SECRET}})
     try:
         pc.start()
@@ -326,11 +321,11 @@ def main():
                 ("grants: forged, tampered, expired, garbage or missing -> 401", t_bad_grants_401),
                 ("grants: a MAC with any one bit flipped -> 401 (tampered, each byte)", t_tampered_mac_401),
                 ("grants: a connection is closed with 1008 when its grant expires", t_expiry_while_connected)):
-            if want(name):
+            if selected(name):
                 run_test(name, fn, pc)
         for label, cmd, tool in SNIPPETS:
             name = "grants: the %s minting snippet's grant is accepted" % label
-            if not want(name):
+            if not selected(name):
                 continue
             if tool and not shutil.which(tool):
                 report(name, False, "%s is not installed" % tool)
@@ -342,7 +337,7 @@ def main():
         pc.stop()
 
     name = "grants: without grant_secret the grant parameter is ignored"
-    if want(name):
+    if selected(name):
         pc = Pgcdc()
         try:
             pc.start()

@@ -36,7 +36,7 @@ import websockets  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from harness import (PGCDC, Pgcdc, finish, http_get, raw_http, recv_until,  # noqa: E402
+from harness import (PGCDC, Pgcdc, finish, http_get, raw_http, recv_until, selected,  # noqa: E402
                      run_test, sql, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -714,7 +714,6 @@ def main():
         ("key rotation: rewrite the JWKS file, SIGHUP, clients stay", t_key_rotation_sighup),
         ("SSE: JWT by ?token= or Bearer, rules, columns=, event: close at exp", t_sse_jwt),
     ]
-    selected = lambda name: len(sys.argv) < 2 or any(a in name for a in sys.argv[1:])  # noqa: E731
     pc = server()
     pc.start()
     try:

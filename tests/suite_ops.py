@@ -30,17 +30,13 @@ import websockets  # noqa: E402
 import wsraw  # noqa: E402
 from harness import (PGCDC, Pgcdc, expect_silence, free_port, http_get,  # noqa: E402
                      recv_text, run_selected, sql, wait_until)
+from harness import lsn_int, raw_client  # noqa: E402
 
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 LEVEL_RE = re.compile(r"\b(error|warn|warning|info|debug|fatal|notice)\b", re.I)
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def lsn_int(lsn):
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
 
 def http(port, path, method="GET", timeout=5):
     """(status, headers dict with lower-case names, body text)."""
@@ -190,15 +186,6 @@ async def ws_close(ws):
 
 
 recv_n = recv_text
-
-
-
-def raw_client(pc, query, rcvbuf=None):
-    """A raw WebSocket client past its handshake (101 checked)."""
-    c = wsraw.WsRaw("127.0.0.1", pc.port, 5.0, rcvbuf)
-    resp = c.handshake("/ws?query=" + query)
-    assert resp.status == 101, "upgrade answered %r" % resp
-    return c
 
 
 def head_request(port, path, timeout=2.0):

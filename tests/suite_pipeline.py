@@ -26,6 +26,7 @@ import websockets  # noqa: E402
 
 from harness import (PGCDC, Pgcdc, collect, expect_silence, finish,  # noqa: E402
                      http_get, pos_key, raw_http, recv_text, report, run_test, sql)
+from harness import lsn_int  # noqa: E402
 
 POS_RE = re.compile(r'^\{"pos":"([0-9A-F]+/[0-9A-F]+):([0-9]+)",')
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -68,11 +69,6 @@ def split_frame(text):
     full = json.loads(text)
     assert full["pos"] == "%s:%s" % (m.group(1), m.group(2))
     return m.group(1), int(m.group(2)), rest, obj
-
-
-def lsn_int(lsn):
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def values(obj, key="columns"):

@@ -33,6 +33,7 @@ import websockets  # noqa: E402
 
 from faultlib import Cluster, FastReader, Inserter, Server, Standby  # noqa: E402
 from harness import finish, pos_key, report, ws_path  # noqa: E402
+from harness import lsn_int  # noqa: E402
 
 RECONNECT_MAX = 2
 
@@ -69,11 +70,6 @@ async def connect_retry(srv, query, since=None, timeout=15):
 
 def values(frame, key="columns"):
     return {c["name"]: c.get("value") for c in frame.get(key, [])}
-
-
-def lsn_int(lsn):
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def ids_of(cl, table, db="postgres"):

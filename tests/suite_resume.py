@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import (PGCDC, PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc, collect,  # noqa: E402
-                     http_get, pos_key, raw_http, run_selected, sql, ws_path)
+                     pos_key, raw_http, run_selected, sql, ws_path)
 from harness import recv_until as harness_recv_until  # noqa: E402
+from harness import lsn_int, metrics, rss_kib  # noqa: E402
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -56,30 +57,6 @@ def num(frame):
         if c["name"] == "n":
             return c["value"]
     raise AssertionError("frame without column n: %s" % json.dumps(frame)[:200])
-
-
-def metrics(port):
-    st, body = http_get(port, "/metrics")
-    assert st == 200, "/metrics answered %d" % st
-    out = {}
-    for line in body.split("\n"):
-        if line and not line.startswith("#"):
-            name, _, val = line.rpartition(" ")
-            out[name.strip()] = float(val)
-    return out
-
-
-def lsn_int(lsn):
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def vm_rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def make_table(name):
@@ -555,7 +532,7 @@ async def t_memory_bounded():
         # warm up: the history full once, then the baseline
         fill(1, 1000)
         await drain(1000)
-        base = vm_rss_kb(pc.proc.pid)
+        base = rss_kib(pc.proc.pid)
         peak = base
         total = 0
         lo = 1001
@@ -563,7 +540,7 @@ async def t_memory_bounded():
             fill(lo, lo + 999)
             total += await drain(lo + 999)
             lo += 1000
-            peak = max(peak, vm_rss_kb(pc.proc.pid))
+            peak = max(peak, rss_kib(pc.proc.pid))
             h = metrics(pc.port)["pgcdc_history_bytes"]
             assert h <= limit, "pgcdc_history_bytes %d > %d" % (h, limit)
         assert total == 10000, total

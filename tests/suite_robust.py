@@ -39,37 +39,12 @@ import websockets  # noqa: E402
 
 import wsraw  # noqa: E402
 from harness import Pgcdc, conninfo, http_get, run_selected, sql, wait_until  # noqa: E402
+from harness import metric, metrics, raw_client, rss_kib  # noqa: E402
 
 DROP_SLOW = 'pgcdc_clients_dropped_total{reason="slow"}'
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def metrics(port):
-    """{sample name (labels included, as printed): float value}."""
-    st, body = http_get(port, "/metrics")
-    assert st == 200, "/metrics answered %d" % st
-    out = {}
-    for line in body.split("\n"):
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
-    return out
-
-
-def metric(port, name):
-    m = metrics(port)
-    assert name in m, "/metrics lacks %s" % name
-    return m[name]
-
-
-def raw_client(pc, query, timeout=5.0, rcvbuf=None):
-    c = wsraw.WsRaw("127.0.0.1", pc.port, timeout, rcvbuf)
-    resp = c.handshake("/ws?query=" + query)
-    assert resp.status == 101, "upgrade answered %r" % resp
-    return c
-
 
 def next_text(c, timeout):
     """The next text frame's payload (bytes); server pings are answered."""
@@ -80,14 +55,6 @@ def next_text(c, timeout):
             return f.payload
         if f.opcode == wsraw.OP_CLOSE:
             raise AssertionError("close frame instead of a change: %r" % f)
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def pos_of(payload):

@@ -31,8 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from harness import (PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc, http_get,  # noqa: E402
+from harness import (PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc,  # noqa: E402
                      raw_http, run_selected, sql, wait_until, ws_path)
+from harness import metrics, rss_kib  # noqa: E402
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 BIG_ROWS = 300000
@@ -76,25 +77,6 @@ def upgrade(port, path):
     assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
     st = int(parts[1])
     return st, (b"" if st == 101 else body).decode("utf-8", "replace")
-
-
-def metrics(port):
-    st, body = http_get(port, "/metrics")
-    assert st == 200, "metrics: %d" % st
-    out = {}
-    for line in body.split("\n"):
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            out[k] = float(v)
-    return out
-
-
-def rss_kib(pid, field="VmRSS"):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s for %d" % (field, pid))
 
 
 def columns_raw(text):

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (Pgcdc, http_get, pos_key, raw_http, run_selected, sql,  # noqa: E402
                      wait_until)
+from harness import metric  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -488,14 +489,6 @@ def t_sse_last_event_id():
         got = [c.next_data()[1]["columns"][0]["value"] for _ in range(3)]
         assert got == [3, 4, 5], got
         c.close()
-
-
-def metric(port, name):
-    st, body = http_get(port, "/metrics")
-    for line in body.split("\n"):
-        if line.startswith(name + " "):
-            return float(line.split(" ")[1])
-    raise AssertionError("no %s in /metrics" % name)
 
 
 def t_sse_slow_consumer():
