@@ -430,10 +430,50 @@ static int config_list(const char *key, config *c, char *err, size_t errlen)
         return parse_tables(c, err, errlen);
     if (!strcmp(key, "wal2json_options"))
         return parse_w2j_options(c, err, errlen);
-    if (!strcmp(key, "trusted_proxies"))
+    if (!strcmp(key, "trusted_proxies")) {
         parse_words(c->trusted_proxies, &c->proxies);
-    if (!strcmp(key, "allowed_origins"))
+        /* peers are compared as inet_ntop writes them */
+        for (unsigned i = 0; i < c->proxies.n; i++) {
+            slice e = c->proxies.v[i];
+            char a[64], canon[INET6_ADDRSTRLEN];
+            unsigned char bin[16];
+            int ok = 0;
+            if (e.n < sizeof a) {
+                memcpy(a, e.p, e.n);
+                a[e.n] = 0;
+                int af = strchr(a, ':') ? AF_INET6 : AF_INET;
+                ok = inet_pton(af, a, bin) == 1 && inet_ntop(af, bin, canon, sizeof canon);
+                if (ok && strcmp(canon, a)) {
+                    snprintf(err, errlen, "write the address \"%s\" as \"%s\"", a, canon);
+                    return -1;
+                }
+            }
+            if (!ok) {
+                snprintf(err, errlen, "expected IPv4 or IPv6 addresses, got \"%.*s\"", (int)(e.n > 100 ? 100 : e.n),
+                         e.p);
+                return -1;
+            }
+        }
+    }
+    if (!strcmp(key, "allowed_origins")) {
         parse_words(c->allowed_origins, &c->origins);
+        /* an Origin header is scheme://host[:port], never a path */
+        for (unsigned i = 0; i < c->origins.n; i++) {
+            slice e = c->origins.v[i];
+            const char *sep = NULL;
+            for (size_t k = 0; !sep && k + 3 <= e.n; k++)
+                if (!memcmp(e.p + k, "://", 3))
+                    sep = e.p + k;
+            int ok = (e.n == 1 && e.p[0] == '*') || (e.n == 4 && !memcmp(e.p, "null", 4)) ||
+                     (sep && sep > e.p && (size_t)(sep - e.p) + 3 < e.n &&
+                      !memchr(sep + 3, '/', e.n - (size_t)(sep - e.p) - 3));
+            if (!ok) {
+                snprintf(err, errlen, "an origin is scheme://host[:port] with no path (or *), got \"%.*s\"",
+                         (int)(e.n > 100 ? 100 : e.n), e.p);
+                return -1;
+            }
+        }
+    }
     return 0;
 }
 

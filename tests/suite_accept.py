@@ -6,11 +6,24 @@ database, PGCDC the binary).  Arguments, if any, select the tests whose
 name contains one of them.
 """
 import os
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Pgcdc, run_selected, wait_until  # noqa: E402
+from harness import PGCDC, Pgcdc, run_selected, wait_until  # noqa: E402
+
+
+def check_config(body):
+    """Runs pgcdc -t on a configuration; returns (exit status, stderr)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".config", delete=False) as f:
+        f.write("[postgres]\nconninfo = dbname=postgres\n" + body)
+    try:
+        p = subprocess.run([PGCDC, "-c", f.name, "-t"], capture_output=True, text=True, timeout=10)
+        return p.returncode, p.stderr, f.name
+    finally:
+        os.unlink(f.name)
 
 
 def t_temporary_slot_in_use():
@@ -30,8 +43,29 @@ def t_temporary_slot_in_use():
             second.stop()
 
 
+def t_list_values_checked():
+    """allowed_origins and trusted_proxies are checked like every other
+    value: an origin with a path, or a proxy that is not an IP address as
+    the peer address is written, would never match, so it is a
+    configuration error naming file, line and key."""
+    for line, word in (("allowed_origins = https://app.example/", "https://app.example/"),
+                       ("allowed_origins = app.example", "app.example"),
+                       ("trusted_proxies = proxy.internal", "proxy.internal"),
+                       ("trusted_proxies = 10.0.0.0/8", "10.0.0.0/8"),
+                       ("trusted_proxies = ::0001", "::0001")):
+        rc, err, name = check_config("[server]\n" + line + "\n")
+        key = line.split()[0]
+        assert rc == 1, "%s: exit %d, %r" % (line, rc, err)
+        assert "%s:4:" % name in err and ('"%s"' % key) in err and word in err, "%s: %r" % (line, err)
+    for line in ("allowed_origins = https://app.example:8443, null, http://[::1]:8080, *",
+                 "trusted_proxies = 127.0.0.1, ::1, 10.1.2.3"):
+        rc, err, _ = check_config("[server]\n" + line + "\n")
+        assert rc == 0, "%s: exit %d, %r" % (line, rc, err)
+
+
 TESTS = [
     ("accept: a temporary slot held by another instance is named in one log line", t_temporary_slot_in_use),
+    ("accept: allowed_origins and trusted_proxies values are checked (file:line:key)", t_list_values_checked),
 ]
 
 if __name__ == "__main__":
