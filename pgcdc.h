@@ -302,6 +302,10 @@ typedef struct word_list {
 int word_list_parse(const char *s, word_list *out);
 /* Is s[0..n) exactly one of the elements? */
 int word_list_has(const word_list *l, const char *s, size_t n);
+/* PostgreSQL's spellings of a boolean (its parse_bool): a case-insensitive
+ * prefix of true, false, yes, no, or on, off (two letters at least), 1, 0.
+ * Returns 1, 0, or -1 for none of them. */
+int pg_bool(const char *s, size_t n);
 /* Does a comma-separated token list (as in Connection:) hold word
  * (case-insensitive)? */
 int has_token(const char *s, size_t n, const char *word);

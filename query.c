@@ -92,6 +92,24 @@ int word_list_has(const word_list *l, const char *s, size_t n)
     return 0;
 }
 
+int pg_bool(const char *s, size_t n)
+{
+    static const struct { const char *word; size_t min; int v; } w[] = {
+        { "true", 1, 1 }, { "false", 1, 0 }, { "yes", 1, 1 }, { "no", 1, 0 },
+        { "on", 2, 1 }, { "off", 2, 0 }, { "1", 1, 1 }, { "0", 1, 0 },
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        size_t k = 0;
+        if (n < w[i].min || n > strlen(w[i].word))
+            continue;
+        while (k < n && tolower((unsigned char)s[k]) == w[i].word[k])
+            k++;
+        if (k == n)
+            return w[i].v;
+    }
+    return -1;
+}
+
 int has_token(const char *s, size_t n, const char *word)
 {
     list_iter it;

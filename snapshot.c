@@ -64,29 +64,6 @@ static void put_int(obuf *o, long long v)
 
 /* ---- wal2json's rendering ---- */
 
-/* PostgreSQL's parse_bool: true/false, yes/no, on/off, 1/0, any unique
- * prefix, any case.  Returns 0 or 1, or -1 when it is none of them. */
-static int pg_bool(const char *s, size_t n)
-{
-    static const char *const t[] = { "true", "yes", "on", "1" };
-    static const char *const f[] = { "false", "no", "off", "0" };
-    char low[8];
-    if (n == 0 || n >= sizeof low)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        low[i] = (char)((s[i] >= 'A' && s[i] <= 'Z') ? s[i] + 32 : s[i]);
-    /* "o" alone is ambiguous (on/off) */
-    if (n == 1 && low[0] == 'o')
-        return -1;
-    for (int i = 0; i < 4; i++) {
-        if (n <= strlen(t[i]) && !memcmp(low, t[i], n) && (n >= 2 || i != 2))
-            return 1;
-        if (n <= strlen(f[i]) && !memcmp(low, f[i], n) && (n >= 2 || i != 2))
-            return 0;
-    }
-    return -1;
-}
-
 int w2j_render_flags(const char *options)
 {
     static const struct { const char *name; int flag; } opt[] = {
@@ -96,29 +73,26 @@ int w2j_render_flags(const char *options)
         { "numeric-data-types-as-string", W2J_NUM_AS_STRING },
     };
     int flags = W2J_TYPES;
-    const char *s = options;
-    while (s && *s) {
-        const char *comma = strchr(s, ',');
-        size_t n = comma ? (size_t)(comma - s) : strlen(s);
-        const char *eq = memchr(s, '=', n);
-        if (eq) {
-            const char *name = s, *val = eq + 1;
-            size_t nn = (size_t)(eq - s), vn = n - nn - 1;
-            while (nn && (*name == ' ' || *name == '\t')) { name++; nn--; }
-            while (nn && (name[nn - 1] == ' ' || name[nn - 1] == '\t')) nn--;
-            while (vn && (*val == ' ' || *val == '\t')) { val++; vn--; }
-            while (vn && (val[vn - 1] == ' ' || val[vn - 1] == '\t')) vn--;
-            for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
-                if (strlen(opt[i].name) != nn || strncmp(opt[i].name, name, nn))
-                    continue;
-                int b = pg_bool(val, vn);
-                if (b == 1)
-                    flags |= opt[i].flag;
-                else if (b == 0)
-                    flags &= ~opt[i].flag;
-            }
+    list_iter it;
+    slice e;
+    if (!options)
+        return flags;
+    list_begin(&it, options, strlen(options), 0);
+    while (list_next(&it, &e)) {
+        const char *eq = memchr(e.p, '=', e.n);
+        if (!eq)
+            continue;
+        size_t nn = (size_t)(eq - e.p), vn = e.n - nn - 1;
+        const char *name = trim(e.p, &nn), *val = trim(eq + 1, &vn);
+        for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
+            if (strlen(opt[i].name) != nn || strncmp(opt[i].name, name, nn))
+                continue;
+            int b = pg_bool(val, vn);
+            if (b == 1)
+                flags |= opt[i].flag;
+            else if (b == 0)
+                flags &= ~opt[i].flag;
         }
-        s = comma ? comma + 1 : NULL;
     }
     return flags;
 }

@@ -10,15 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Is s[0..n) a case-insensitive prefix of word (n <= its length)? */
-static int ieq_prefix(const char *s, size_t n, const char *word)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!word[i] || tolower((unsigned char)s[i]) != tolower((unsigned char)word[i]))
-            return 0;
-    return 1;
-}
-
 /* Hashes prefix and, when s is not NULL, "<n>:", s[0..n) and end (unless
  * end is 0). */
 static void put(sha1_ctx *c, const char *prefix, size_t n, const char *s, char end)
@@ -52,22 +43,6 @@ static const struct {
     { "include-pk", 0 }, { "numeric-data-types-as-string", 0 }, { "pretty-print", 0 },
     { "write-in-chunks", 0 }, { "include-lsn", 0 }, { "include-transaction", 1 },
 };
-
-/* PostgreSQL's spellings of a boolean (its parse_bool: a case-insensitive
- * prefix of true/false/yes/no, on, of(f), 1, 0): 1, 0, or -1. */
-static int pg_bool(const char *s, size_t n)
-{
-    static const struct { const char *word; size_t min; int v; } w[] = {
-        { "true", 1, 1 }, { "false", 1, 0 }, { "yes", 1, 1 }, { "no", 1, 0 },
-        { "on", 2, 1 }, { "off", 2, 0 }, { "1", 1, 1 }, { "0", 1, 0 },
-    };
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
-        size_t wn = strlen(w[i].word);
-        if (n >= w[i].min && n <= wn && ieq_prefix(s, n, w[i].word))
-            return w[i].v;
-    }
-    return -1;
-}
 
 static int slice_cmp(const void *a, const void *b)
 {

@@ -1211,6 +1211,18 @@ static void list_cases(void)
     CHECK(has_token("keep-alive, Upgrade", 19, "upgrade"));
     CHECK(!has_token("keep-alive, Upgraded", 20, "upgrade"));
     CHECK(!has_token("", 0, "upgrade"));
+    /* PostgreSQL's booleans: prefixes, any case; "o" alone is neither */
+    CHECK_EQ(pg_bool("T", 1), 1);
+    CHECK_EQ(pg_bool("yes", 3), 1);
+    CHECK_EQ(pg_bool("On", 2), 1);
+    CHECK_EQ(pg_bool("1", 1), 1);
+    CHECK_EQ(pg_bool("Fals", 4), 0);
+    CHECK_EQ(pg_bool("of", 2), 0);
+    CHECK_EQ(pg_bool("0", 1), 0);
+    CHECK_EQ(pg_bool("o", 1), -1);
+    CHECK_EQ(pg_bool("truex", 5), -1);
+    CHECK_EQ(pg_bool("2", 1), -1);
+    CHECK_EQ(pg_bool("", 0), -1);
 }
 
 /* table_pat_of splits at the first unescaped dot and counts the dots. */
@@ -1249,6 +1261,6 @@ void test_query(void)
     TEST("query: spec_match") match_cases();
     TEST("query: pos_parse") pos_cases();
     TEST("query: tables_allow") tables_cases();
-    TEST("query: list_iter and has_token") list_cases();
+    TEST("query: list_iter, has_token and pg_bool") list_cases();
     TEST("query: table_pat_of and table_pat_match") table_pat_cases();
 }
