@@ -94,6 +94,63 @@ def open_snapshot_txns():
                    "AND (xact_start IS NOT NULL OR state <> 'idle')"))
 
 
+async def t_commit_not_yet_visible():
+    """Transactions whose commits are in the WAL, and decoded, but not yet
+    visible (they wait for a synchronous standby that never answers) when a
+    snapshot is taken: the rows lack them, so they must come as changes
+    after the E marker although they were decoded before the snapshot
+    began.  Alone, such a transaction is at the snapshot's xmax; once a
+    later one has ended, it is in the snapshot's in-progress list."""
+    sql("DROP TABLE IF EXISTS sn_sync; CREATE TABLE sn_sync (id int PRIMARY KEY, v text); "
+        "INSERT INTO sn_sync VALUES (1, 'before')")
+    pc = Pgcdc()
+    waiters = []
+    try:
+        pc.start()
+        async with connect(pc, ws_path("insert:sn_sync")) as live:
+            sql("ALTER SYSTEM SET synchronous_standby_names = 'pgcdc_no_such_standby'")
+            sql("SELECT pg_reload_conf()")
+            wait_until(lambda: sql("SHOW synchronous_standby_names") == "pgcdc_no_such_standby", 10,
+                       "synchronous_standby_names to apply")
+            for case, (wait_id, later_id) in enumerate(((2, None), (4, 5))):
+                waiters.append(subprocess.Popen(
+                    ["psql", "-X", "-q", "-h", PGHOST, "-p", PGPORT, "-U", PGUSER, "-d", PGDATABASE,
+                     "-c", "INSERT INTO sn_sync VALUES (%d, 'waiting')" % wait_id],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                got = json.loads(await asyncio.wait_for(live.recv(), 20))
+                assert got["columns"][0]["value"] == wait_id, got
+                if later_id:
+                    # a later transaction that ends (synchronous_commit local)
+                    sql("SET synchronous_commit = local; INSERT INTO sn_sync VALUES (%d, 'later')" % later_id)
+                    got = json.loads(await asyncio.wait_for(live.recv(), 20))
+                    assert got["columns"][0]["value"] == later_id, got
+                visible = sorted(int(x) for x in sql("SELECT id FROM sn_sync").split())
+                assert wait_id not in visible, "the waiting insert is visible already"
+                async with connect(pc, snap_path("insert:sn_sync")) as ws:
+                    rows, end = await read_snapshot(ws)
+                    ids = sorted(json.loads(r)["columns"][0]["value"] for r in rows)
+                    assert ids == visible, "snapshot rows %s, the table shows %s" % (ids, visible)
+                    sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                    try:
+                        after = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    except asyncio.TimeoutError:
+                        raise AssertionError("case %d: the row of the transaction the snapshot did not see "
+                                             "never came (E at %s)" % (case + 1, end.get("pos"))) from None
+                    assert after["action"] == "I" and after["columns"][0]["value"] == wait_id, after
+                    try:
+                        extra = await asyncio.wait_for(ws.recv(), 0.3)
+                        raise AssertionError("case %d: then also %s" % (case + 1, extra[:200]))
+                    except asyncio.TimeoutError:
+                        pass
+    finally:
+        sql("ALTER SYSTEM RESET synchronous_standby_names", check=False)
+        sql("SELECT pg_reload_conf()", check=False)
+        for w in waiters:
+            w.kill()
+            w.wait()
+        pc.stop()
+
+
 class Locker:
     """A session holding an ACCESS EXCLUSIVE lock on a table, so that a
     snapshot's LOCK TABLE waits until release()."""
@@ -666,6 +723,8 @@ def main():
         ("snapshot: a failing query closes with 1011 and the server's message", t_query_failure),
         ("snapshot: over /sse, S events without id, E with its pos, then changes", t_sse),
         ("snapshot: the seam under load, 20 clients: rows plus changes equal the table", t_seam),
+        ("snapshot: a commit decoded before the snapshot but not yet visible to it comes after E",
+         t_commit_not_yet_visible),
         ("snapshot: a slow reader pauses its snapshot, RSS bounded, others live", t_long_snapshot_bounded),
         ("snapshot: max_snapshots runs one at a time, in arrival order", t_queue_order),
         ("snapshot: snapshot_timeout closes with 1013 and cancels the query", t_timeout),
