@@ -645,6 +645,42 @@ def cited_names(text):
     return out
 
 
+def anchors(text):
+    """GitHub's anchors for the headings of a markdown text."""
+    out = set()
+    for line in strip_fences(text).split("\n"):
+        if re.match(r"^#{1,6} ", line):
+            h = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            out.add(h.replace(" ", "-"))
+    return out
+
+
+def t_links():
+    """Links inside README and docs/protocol.md, and between them, lead to a
+    heading that exists; links to repository files lead to a file."""
+    with open(PROTOCOL, encoding="utf-8") as f:
+        proto = f.read()
+    readme = readme_text()
+    bad = []
+    for name, text, here, own in (("README.md", readme, ROOT, anchors(readme)),
+                                  ("docs/protocol.md", proto, os.path.dirname(PROTOCOL), anchors(proto))):
+        for target in re.findall(r"\]\(([^)\s]+)\)", strip_fences(text)):
+            if re.match(r"^[a-z]+:", target):
+                continue   # http:, https:, mailto:
+            path, _, frag = target.partition("#")
+            if not path:
+                ok = frag in own
+            else:
+                full = os.path.normpath(os.path.join(here, path))
+                ok = os.path.exists(full)
+                if ok and frag:
+                    with open(full, encoding="utf-8") as f:
+                        ok = frag in anchors(f.read())
+            if not ok:
+                bad.append("%s: %s" % (name, target))
+    assert not bad, "links that lead nowhere:\n  " + "\n  ".join(bad)
+
+
 def t_citations():
     """Every citation of docs/protocol.md in the sources names one of its
     sections (sections are named, never numbered), and nothing cites the
@@ -694,7 +730,8 @@ def main():
             ("readme: every configuration block passes pgcdc -t", lambda: t_config_blocks(pgcdc)),
             ("readme, protocol: every configuration key is in both tables and the example file, and known", lambda: t_config_keys_documented(pgcdc)),
             ("protocol: its example messages are README's", t_protocol_examples),
-            ("protocol: every citation of it in the sources names one of its sections", t_citations)):
+            ("protocol: every citation of it in the sources names one of its sections", t_citations),
+            ("readme, protocol: every link leads to a heading or file that exists", t_links)):
         if want(name):
             harness.run_test(name, fn)
 
