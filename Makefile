@@ -58,10 +58,11 @@ clean:
 
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: pgcdc
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc $(DESTDIR)$(UNITDIR)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/pgcdc/docs $(DESTDIR)$(UNITDIR)
 	install -m 755 pgcdc $(DESTDIR)$(PREFIX)/bin/pgcdc
-	install -m 644 pgcdc.example.config README.md docs/protocol.md dist/nginx.conf dist/Caddyfile \
+	install -m 644 pgcdc.example.config README.md dist/nginx.conf dist/Caddyfile \
 	    dist/haproxy.cfg $(DESTDIR)$(PREFIX)/share/doc/pgcdc/
+	install -m 644 docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/pgcdc/docs/
 	sed -e 's|^ExecStart=/usr/local/|ExecStart=$(PREFIX)/|' \
 	    -e 's|^Documentation=file:/usr/local/|Documentation=file:$(PREFIX)/|' \
 	    dist/pgcdc.service > $(DESTDIR)$(UNITDIR)/pgcdc.service

@@ -30,10 +30,11 @@ for h in NoNewPrivileges=yes ProtectSystem=strict ProtectHome= PrivateTmp=yes Re
     grep -q "^$h" "$unit" 2>/dev/null || missing="$missing $h"
 done
 if [ -z "$missing" ]; then ok "unit has the hardening options"; else no "unit hardening" "missing:$missing"; fi
-if [ -f "$D/usr/share/doc/pgcdc/pgcdc.example.config" ] && [ -f "$D/usr/share/doc/pgcdc/README.md" ]; then
-    ok "example configuration and README installed under share/doc/pgcdc"
+if [ -f "$D/usr/share/doc/pgcdc/pgcdc.example.config" ] && [ -f "$D/usr/share/doc/pgcdc/README.md" ] &&
+   [ -f "$D/usr/share/doc/pgcdc/docs/protocol.md" ]; then
+    ok "example configuration, README and docs/protocol.md installed under share/doc/pgcdc, as README links them"
 else
-    no "docs" "pgcdc.example.config or README.md missing under share/doc/pgcdc"
+    no "docs" "pgcdc.example.config, README.md or docs/protocol.md missing under share/doc/pgcdc"
 fi
 if "$D/usr/bin/pgcdc" -t -c "$D/usr/share/doc/pgcdc/pgcdc.example.config" | grep -q 'configuration ok'; then
     ok "the installed example configuration validates"
