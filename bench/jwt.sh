@@ -77,7 +77,7 @@ RS=$(echo "$OUT" | awk '/rs256-2048/ {print $4}')
 echo
 echo "== connections per second (sequential upgrades, a new token each) =="
 eval "$(bash "$ROOT/tests/pg.sh" start)" || exit 2
-PGDIR=$PG_BASE
+PGDIR=$PGHOST   # tests/pg.sh: the socket directory is the cluster's base
 psql -X -q -h "$PGHOST" -p "$PGPORT" -U postgres -c "CREATE TABLE IF NOT EXISTS bench_jwt (id int)" || exit 2
 PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$DIR/pgcdc.config" <<CFG
