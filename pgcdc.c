@@ -1780,6 +1780,10 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
 static void replay_fill(client *c);
 
 /* Writes as much of the queue as the socket takes. */
+/* Frames per writev: as many as the kernel takes in one call, so a client
+ * far behind (fan-out of a big transaction) costs few system calls. */
+#define IOV_BATCH 1024
+
 static void client_write(client *c)
 {
     for (int rounds = 0; c->fd >= 0 && rounds < 64; rounds++) {
@@ -1787,10 +1791,10 @@ static void client_write(client *c)
             replay_fill(c);
         if (!c->qn)
             break;
-        struct iovec iov[128];
+        struct iovec iov[IOV_BATCH];
         int k = 0;
         size_t off = c->qoff;
-        for (uint32_t i = 0; i < c->qn && k < 128; i++, k++) {
+        for (uint32_t i = 0; i < c->qn && k < IOV_BATCH; i++, k++) {
             frame *f = c->q[(c->qhead + i) & (c->qcap - 1)];
             iov[k].iov_base = f->data + off;
             iov[k].iov_len = f->len - off;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/run.sh -- pgcdc's performance scenarios, each beside the reference:
 # pg_recvlogical decoding the same workload with the same wal2json options
-# into a pipe (read by "wsload --pipe-batch", which timestamps every line).
+# into a pipe (read by "wsload --pipe", which timestamps every line).
 #
 #   bench/run.sh [throughput|fanout|latency|memory|backpressure|all]...
 #   bench/run.sh [refcheck|single|kernel|instances|capacity]...
@@ -316,9 +316,10 @@ ws_run() {
     CPU+=("$name: pgcdc $(calc "($c1 - $c0) / $TCK" 2) s (kernel $(calc "($s1 - $s0) / $TCK" 2) s), wsload $(kv "$out" result cpu_s) s, $(kv "$out" result frames) frames, $(calc "0$(kv "$out" result bytes) / 1048576" 0) MiB")
 }
 
-# How the reference's output is read: --pipe-batch (a 1 MiB pipe read in
-# batches) unless BENCH_REF_READER=--pipe; see the refcheck scenario.
-REF_READER=${BENCH_REF_READER:---pipe-batch}
+# How the reference's output is read: --pipe (blocking reads, as cat), or
+# BENCH_REF_READER=--pipe-batch (a 1 MiB pipe read in batches); see the
+# refcheck scenario.
+REF_READER=${BENCH_REF_READER:---pipe}
 
 # ref_run NAME WORKLOAD-ARGS... -- WSLOAD-ARGS...: the same through
 # pg_recvlogical into "wsload --pipe"; output in $DIR/ref-NAME.out.
@@ -630,8 +631,9 @@ scenario_single() {
 scenario_kernel() {
     local n=${BENCH_BIG:-200000} c=100 i out ref fps=() rfps=() rcpu=() pcpu=()
     local FREF=$DIR/fanout_ref
-    # shellcheck disable=SC2086
-    ${CC:-cc} $CFLAGS_W -o "$FREF" "$ROOT/bench/fanout_ref.c" || { note "fanout_ref does not build"; return; }
+    ${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -pedantic -Werror \
+        -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -O2 \
+        -o "$FREF" "$ROOT/bench/fanout_ref.c" || { note "fanout_ref does not build"; return; }
     for i in $(seq 1 "$REPEAT"); do
         local fport=$((WSPORT + 900 + i))
         ref=$DIR/fref-$i.out

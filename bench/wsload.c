@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1048,6 +1049,11 @@ static bool is_change(const uint8_t *p, size_t n)
     return k == 'I' || k == 'U' || k == 'D' || k == 'T';
 }
 
+static void on_tick(int sig)
+{
+    (void)sig;
+}
+
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031   /* Linux */
 #endif
@@ -1066,6 +1072,13 @@ static int run_pipe(struct run *r)
      * them, so the reference measures the decoding and not the wake-ups. */
     if (r->o.pipe_batch)
         (void)fcntl(0, F_SETPIPE_SZ, 1 << 20);
+    (void)fcntl(0, F_SETFL, fcntl(0, F_GETFL) & ~O_NONBLOCK);
+    struct sigaction tick;
+    memset(&tick, 0, sizeof tick);
+    tick.sa_handler = on_tick;     /* no SA_RESTART: read() returns EINTR */
+    sigaction(SIGALRM, &tick, NULL);
+    struct itimerval iv = { { 0, 100000 }, { 0, 100000 } };
+    setitimer(ITIMER_REAL, &iv, NULL);
     c->measure = r->o.latency;
     int64_t start = now_us(CLOCK_MONOTONIC);
     r->progress_mono = start;
@@ -1087,9 +1100,11 @@ static int run_pipe(struct run *r)
             end = "complete";
             break;
         }
-        struct pollfd pfd = { .fd = 0, .events = POLLIN };
-        if (poll(&pfd, 1, 100) <= 0)
-            continue;
+        /* a blocking read, as cat does: one system call per wake-up (a
+         * poll() before each read doubled them, and pg_recvlogical writes
+         * every record and its newline apart, so the reader is woken once
+         * or twice per record); the 100 ms interval timer set below
+         * interrupts it so the time limits are still checked */
         if (len == cap) {
             uint8_t *b = realloc(buf, cap * 2);
             if (!b)
@@ -1098,7 +1113,7 @@ static int run_pipe(struct run *r)
             cap *= 2;
         }
         ssize_t n = read(0, buf + len, cap - len);
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (n <= 0) {
             end = "eof";
