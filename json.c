@@ -1214,6 +1214,25 @@ int w2j_parse(const char *buf, size_t len, json_tok *toks, unsigned ntoks,
 
 /* ==== projection (columns=) ============================================== */
 
+int names_has(char *const *names, unsigned nnames, const char *name, size_t len)
+{
+    unsigned lo = 0, hi = nnames;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        size_t mn = strlen(names[mid]);
+        int c = memcmp(names[mid], name, mn < len ? mn : len);
+        if (c == 0)
+            c = mn < len ? -1 : mn > len;
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
 /* Is the escaped name s among the sorted names?  Names are compared as raw
  * bytes, so an escaped name is unescaped first (catalog names are short). */
 static int name_kept(slice s, char *const *names, unsigned nnames)
@@ -1228,21 +1247,7 @@ static int name_kept(slice s, char *const *names, unsigned nnames)
         p = buf;
         n = (size_t)u;
     }
-    unsigned lo = 0, hi = nnames;
-    while (lo < hi) {
-        unsigned mid = lo + (hi - lo) / 2;
-        size_t mn = strlen(names[mid]);
-        int c = memcmp(names[mid], p, mn < n ? mn : n);
-        if (c == 0)
-            c = mn < n ? -1 : mn > n;
-        if (c == 0)
-            return 1;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
+    return names_has(names, nnames, p, n);
 }
 
 /* The "name" member's value of the column object at toks[i]. */

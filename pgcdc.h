@@ -258,6 +258,10 @@ long json_unescape(const char *s, size_t n, char *out, size_t cap);
 /* Does the escaped string s equal the raw bytes raw?  (No copy needed.) */
 int json_str_eq(slice s, const char *raw, size_t rawlen);
 
+/* Is the raw name[0..len) among names (nnames of them, NUL-terminated,
+ * sorted bytewise)?  Binary search; 1 or 0. */
+int names_has(char *const *names, unsigned nnames, const char *name, size_t len);
+
 /* Copies the JSON object rec[0..len) into out (cap >= len), keeping in its
  * "columns" and "identity" arrays only the column objects whose name is
  * among names (nnames of them, NUL-terminated, sorted bytewise, unescaped);

@@ -729,28 +729,9 @@ static int parse_columns(arena *a, const char *s, char ***out)
     return (int)o;
 }
 
-static int has_name(char *const *names, unsigned n, const char *name, size_t len)
-{
-    unsigned lo = 0, hi = n;
-    while (lo < hi) {
-        unsigned mid = lo + (hi - lo) / 2;
-        size_t mn = strlen(names[mid]);
-        int c = memcmp(names[mid], name, mn < len ? mn : len);
-        if (c == 0)
-            c = mn < len ? -1 : mn > len;
-        if (c == 0)
-            return 1;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
-}
-
 int spec_has_col(const spec *sp, const char *name, size_t n)
 {
-    return sp->ncols == 0 || has_name(sp->cols, sp->ncols, name, n);
+    return sp->ncols == 0 || names_has(sp->cols, sp->ncols, name, n);
 }
 
 /* The values of a claim, put into a copy of the rule's filter f: never
@@ -919,7 +900,7 @@ spec *spec_build(const char *query, char *const *filters, unsigned nfilters,
         }
         if (r->sp->ncols && sp->ncols) {
             for (unsigned i = 0; i < sp->ncols; i++)
-                if (!has_name(r->sp->cols, r->sp->ncols, sp->cols[i], strlen(sp->cols[i]))) {
+                if (!names_has(r->sp->cols, r->sp->ncols, sp->cols[i], strlen(sp->cols[i]))) {
                     *status = 403;
                     snprintf(err, errlen, "column \"%.100s\" is not among the columns the rule allows",
                              sp->cols[i]);
