@@ -684,7 +684,7 @@ test: make -s tests/unit && UNIT_ONLY='at most 16 filters' ./tests/unit
 
 === snapshot seam: the first transaction after the snapshot (xid = xmax) taken as seen
 file: pgcdc.c
-test: $PYTHON tests/suite_snapshot.py 'the seam under load'
+test: $PYTHON tests/suite_snapshot.py 'not yet visible'
 --- find
     return xid_visible(f->xid, v->xmin, v->xmax, v->xip, v->nxip);
 +++ replace
