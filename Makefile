@@ -91,7 +91,7 @@ FUZZ_UNITS_json = json.c
 FUZZ_UNITS_query = query.c json.c
 FUZZ_UNITS_http = http.c query.c json.c
 FUZZ_UNITS_request = http.c query.c json.c grant.c sha1.c base64.c
-FUZZ_UNITS_jwt = jwt.c sha256.c base64.c json.c
+FUZZ_UNITS_jwt = jwt.c sha256.c sha1.c base64.c json.c
 FUZZ_UNITS_jwks = $(FUZZ_UNITS_jwt)
 FUZZ_UNITS_snapshot = snapshot.c query.c json.c
 FUZZ_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \

@@ -28,11 +28,24 @@ typedef struct slice {
 
 /* ==== sha1.c ============================================================= */
 
-typedef struct sha1_ctx {
-    uint32_t h[5];
+/* The input side shared by SHA-1 and SHA-256 (Merkle-Damgard over 64-byte
+ * blocks): buffering into whole blocks, then the final padding.  block is
+ * the hash's compression function over the chaining state h. */
+typedef void md64_block_fn(uint32_t *h, const uint8_t *blk);
+typedef struct md64 {
     uint64_t len;       /* bytes hashed so far */
     uint8_t buf[64];
     size_t used;        /* bytes pending in buf */
+} md64;
+void md64_update(md64 *m, uint32_t *h, md64_block_fn *block,
+                 const void *data, size_t len);
+/* Appends the 0x80 byte, zeros and the 64-bit big-endian bit length, and
+ * runs the last block or two; h then holds the digest words. */
+void md64_final(md64 *m, uint32_t *h, md64_block_fn *block);
+
+typedef struct sha1_ctx {
+    uint32_t h[5];
+    md64 md;
 } sha1_ctx;
 
 void sha1_init(sha1_ctx *c);
@@ -48,9 +61,7 @@ void hmac_sha1(const void *key, size_t klen, const void *msg, size_t mlen,
 
 typedef struct sha256_ctx {
     uint32_t h[8];
-    uint64_t len;       /* bytes hashed so far */
-    uint8_t buf[64];
-    size_t used;        /* bytes pending in buf */
+    md64 md;
 } sha256_ctx;
 
 void sha256_init(sha256_ctx *c);

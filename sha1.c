@@ -85,53 +85,64 @@ void sha1_init(sha1_ctx *c)
     c->h[2] = 0x98BADCFEu;
     c->h[3] = 0x10325476u;
     c->h[4] = 0xC3D2E1F0u;
-    c->len = 0;
-    c->used = 0;
+    c->md.len = 0;
+    c->md.used = 0;
 }
 
-void sha1_update(sha1_ctx *c, const void *data, size_t len)
+void md64_update(md64 *m, uint32_t *h, md64_block_fn *block,
+                 const void *data, size_t len)
 {
     const uint8_t *p = data;
 
     if (len == 0)
         return;     /* data may then be NULL, which memcpy must not see */
-    c->len += len;
-    if (c->used) {
-        size_t take = 64 - c->used;
+    m->len += len;
+    if (m->used) {
+        size_t take = 64 - m->used;
         if (take > len)
             take = len;
-        memcpy(c->buf + c->used, p, take);
-        c->used += take;
+        memcpy(m->buf + m->used, p, take);
+        m->used += take;
         p += take;
         len -= take;
-        if (c->used < 64)
+        if (m->used < 64)
             return;
-        sha1_block(c->h, c->buf);
-        c->used = 0;
+        block(h, m->buf);
+        m->used = 0;
     }
     /* Whole blocks straight from the caller's memory, no copy. */
     for (; len >= 64; p += 64, len -= 64)
-        sha1_block(c->h, p);
+        block(h, p);
     if (len) {
-        memcpy(c->buf, p, len);
-        c->used = len;
+        memcpy(m->buf, p, len);
+        m->used = len;
     }
+}
+
+void md64_final(md64 *m, uint32_t *h, md64_block_fn *block)
+{
+    uint64_t bits = m->len * 8;
+
+    m->buf[m->used++] = 0x80;
+    if (m->used > 56) {
+        memset(m->buf + m->used, 0, 64 - m->used);
+        block(h, m->buf);
+        m->used = 0;
+    }
+    memset(m->buf + m->used, 0, 56 - m->used);
+    store_be32(m->buf + 56, (uint32_t)(bits >> 32));
+    store_be32(m->buf + 60, (uint32_t)bits);
+    block(h, m->buf);
+}
+
+void sha1_update(sha1_ctx *c, const void *data, size_t len)
+{
+    md64_update(&c->md, c->h, sha1_block, data, len);
 }
 
 void sha1_final(sha1_ctx *c, uint8_t out[20])
 {
-    uint64_t bits = c->len * 8;
-
-    c->buf[c->used++] = 0x80;
-    if (c->used > 56) {
-        memset(c->buf + c->used, 0, 64 - c->used);
-        sha1_block(c->h, c->buf);
-        c->used = 0;
-    }
-    memset(c->buf + c->used, 0, 56 - c->used);
-    store_be32(c->buf + 56, (uint32_t)(bits >> 32));
-    store_be32(c->buf + 60, (uint32_t)bits);
-    sha1_block(c->h, c->buf);
+    md64_final(&c->md, c->h, sha1_block);
     for (int i = 0; i < 5; i++)
         store_be32(out + 4 * i, c->h[i]);
     /* Leave no message-derived state behind (HMAC keys pass through here). */

@@ -96,53 +96,19 @@ void sha256_init(sha256_ctx *c)
         0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u
     };
     memcpy(c->h, h0, sizeof h0);
-    c->len = 0;
-    c->used = 0;
+    c->md.len = 0;
+    c->md.used = 0;
 }
 
 void sha256_update(sha256_ctx *c, const void *data, size_t len)
 {
-    const uint8_t *p = data;
-
-    if (len == 0)
-        return;     /* data may then be NULL, which memcpy must not see */
-    c->len += len;
-    if (c->used) {
-        size_t take = 64 - c->used;
-        if (take > len)
-            take = len;
-        memcpy(c->buf + c->used, p, take);
-        c->used += take;
-        p += take;
-        len -= take;
-        if (c->used < 64)
-            return;
-        sha256_block(c->h, c->buf);
-        c->used = 0;
-    }
-    for (; len >= 64; p += 64, len -= 64)
-        sha256_block(c->h, p);
-    if (len) {
-        memcpy(c->buf, p, len);
-        c->used = len;
-    }
+    md64_update(&c->md, c->h, sha256_block, data, len);
 }
 
 void sha256_final(sha256_ctx *c, uint8_t out[32])
 {
-    uint64_t bits = c->len * 8;
-
     /* Section 5.1.1: a 1 bit, zeros, then the 64-bit message length. */
-    c->buf[c->used++] = 0x80;
-    if (c->used > 56) {
-        memset(c->buf + c->used, 0, 64 - c->used);
-        sha256_block(c->h, c->buf);
-        c->used = 0;
-    }
-    memset(c->buf + c->used, 0, 56 - c->used);
-    store_be32(c->buf + 56, (uint32_t)(bits >> 32));
-    store_be32(c->buf + 60, (uint32_t)bits);
-    sha256_block(c->h, c->buf);
+    md64_final(&c->md, c->h, sha256_block);
     for (int i = 0; i < 8; i++)
         store_be32(out + 4 * i, c->h[i]);
     memset(c, 0, sizeof *c);

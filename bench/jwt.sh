@@ -39,7 +39,7 @@ if [ -z "${PGCDC:-}" ]; then
     PGCDC=$ROOT/pgcdc
 fi
 cc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -I"$ROOT" -o "$DIR/jwtverify" \
-    "$ROOT/bench/jwtverify.c" "$ROOT/jwt.c" "$ROOT/sha256.c" "$ROOT/json.c" "$ROOT/base64.c" || exit 2
+    "$ROOT/bench/jwtverify.c" "$ROOT/jwt.c" "$ROOT/sha256.c" "$ROOT/sha1.c" "$ROOT/json.c" "$ROOT/base64.c" || exit 2
 
 echo "minting tokens (PyJWT) ..." >&2
 $PY - "$DIR" "$SECRET" "$N" <<'PYEOF' || exit 2
