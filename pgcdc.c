@@ -3656,7 +3656,13 @@ static void handle_xlogdata(const uint8_t *msg, size_t n)
     }
 }
 
-/* Reads what the stream has, at most a batch, so that clients get a turn. */
+/* Reads what the stream has, at most a batch, so that clients get a turn.
+ * libpq takes at most its buffer (16 kB, some 40 changes) from the socket
+ * per PQconsumeInput; reading again while the socket has more, up to a
+ * quarter of max_queue per turn, lets one writev carry hundreds of frames
+ * to each client instead of a few dozen (fan-out of a big transaction
+ * costs far fewer system calls), while no client's queue can grow past
+ * max_queue in one turn that it would not have reached anyway. */
 static void repl_stream(void)
 {
     if (!PQconsumeInput(S.repl.conn)) {
@@ -3664,11 +3670,21 @@ static void repl_stream(void)
         return;
     }
     S.repl.more = 0;
+    size_t got = 0;
     for (int count = 0; count < 4096; count++) {
         char *buf = NULL;
         int n = PQgetCopyData(S.repl.conn, &buf, 1);
+        if (n == 0 && got < S.cfg.max_queue / 4) {
+            if (!PQconsumeInput(S.repl.conn)) {
+                repl_fail("reading", NULL);
+                return;
+            }
+            n = PQgetCopyData(S.repl.conn, &buf, 1);
+        }
         if (n == 0)
             return;
+        if (n > 0)
+            got += (size_t)n;
         if (n == -1) {
             PGresult *res = PQgetResult(S.repl.conn);
             if (S.repl.state == R_STOPPING) {
