@@ -764,10 +764,13 @@ scenario_capacity() {
 }
 
 log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') in $DIR, pgcdc $("$PGCDC" -V 2>&1)"
+STARTED_AT=$(date -u '+%Y-%m-%d %H:%M UTC')
+TIMES=()            # wall time per scenario
 for s in "${SCENARIOS[@]}"; do
     t=$SECONDS
     log "=== $s"
     "scenario_$s"
+    TIMES+=("$s $((SECONDS - t)) s")
     log "=== $s took $((SECONDS - t)) s"
 done
 
@@ -784,3 +787,5 @@ echo "lines timestamped by wsload --pipe; for memory/backpressure the reference 
 echo "is as the metric says.  '!' marks a run where a client missed changes."
 for n in "${NOTES[@]}"; do echo "note: $n"; done
 for n in "${CPU[@]}"; do echo "cpu: $n"; done
+echo "run: $0 ${*:-all} (BENCH_REPEAT=$REPEAT), started $STARTED_AT"
+for n in "${TIMES[@]}"; do echo "wall time: $n"; done
