@@ -8,6 +8,7 @@
 #ifndef T_H
 #define T_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -32,5 +33,10 @@ extern int t_passed, t_failed;
 
 int t_selected(const char *name);
 void t_report(const char *name);
+
+/* Is d[0..n) in lowercase hex equal to want (only its first strlen(want)
+ * digits when prefix is set: a truncated MAC)?  Says what differs, under
+ * the label what, when not. */
+int t_hex_is(const char *what, const uint8_t *d, size_t n, const char *want, int prefix);
 
 #endif

@@ -7,27 +7,11 @@
 
 void test_sha256(void);
 
-static void hex(const uint8_t *d, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static int sha256_is(const void *data, size_t len, const char *want)
 {
     uint8_t d[32];
-    char h[65];
     sha256(data, len, d);
-    hex(d, 32, h);
-    if (strcmp(h, want) != 0) {
-        fprintf(stderr, "  sha256 got %s want %s\n", h, want);
-        return 0;
-    }
-    return 1;
+    return t_hex_is("sha256", d, 32, want, 0);
 }
 
 /* Compares the first strlen(want)/2 bytes of the MAC (case 5 truncates). */
@@ -35,14 +19,8 @@ static int hmac_is(const void *key, size_t klen, const void *msg, size_t mlen,
                    const char *want)
 {
     uint8_t d[32];
-    char h[65];
     hmac_sha256(key, klen, msg, mlen, d);
-    hex(d, 32, h);
-    if (strncmp(h, want, strlen(want)) != 0) {
-        fprintf(stderr, "  hmac-sha256 got %s want %s\n", h, want);
-        return 0;
-    }
-    return 1;
+    return t_hex_is("hmac-sha256", d, 32, want, 1);
 }
 
 void test_sha256(void)
@@ -70,7 +48,6 @@ void test_sha256(void)
         static const size_t steps[] = { 1, 63, 64, 65, 7, 127, 128, 0, 333, 999 };
         sha256_ctx c;
         uint8_t d[32];
-        char h[65];
         size_t done = 0, k = 0;
 
         memset(a, 'a', sizeof a);
@@ -83,9 +60,8 @@ void test_sha256(void)
             done += n;
         }
         sha256_final(&c, d);
-        hex(d, 32, h);
-        CHECK_MEM(h, 64,
-            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+        CHECK(t_hex_is("sha256", d, 32,
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0", 0));
     }
 
     TEST("sha256 lengths 55, 56, 63, 64 and byte-at-a-time feeding") {

@@ -28,6 +28,24 @@ void t_report(const char *name)
     fflush(stdout);
 }
 
+int t_hex_is(const char *what, const uint8_t *d, size_t n, const char *want, int prefix)
+{
+    static const char digits[] = "0123456789abcdef";
+    char h[129];
+    if (2 * n >= sizeof h)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = digits[d[i] >> 4];
+        h[2 * i + 1] = digits[d[i] & 15];
+    }
+    h[2 * n] = '\0';
+    if ((prefix ? strncmp(h, want, strlen(want)) : strcmp(h, want)) != 0) {
+        fprintf(stderr, "  %s got %s want %s\n", what, h, want);
+        return 0;
+    }
+    return 1;
+}
+
 void test_sha1(void);
 void test_base64(void);
 void test_ws(void);
