@@ -204,6 +204,22 @@ def raw_http(port, request_bytes, timeout=5):
     return data
 
 
+def ws_upgrade(port, path, headers=(), timeout=3):
+    """(status, body) of the answer to a WebSocket upgrade request for path
+    (body empty on 101); headers are extra "Name: value" lines."""
+    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n" % (path, port))
+    for h in headers:
+        req += h + "\r\n"
+    data = raw_http(port, (req + "\r\n").encode(), timeout=timeout)
+    head, _, body = data.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
+    status = int(parts[1])
+    return status, (b"" if status == 101 else body).decode("utf-8", "replace")
+
+
 async def recv_text(ws, n, timeout=30):
     """Receives n frames from a websockets connection, as text."""
     out = []

@@ -23,12 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from harness import Pgcdc, finish, raw_http, report, run_test, selected, sql  # noqa: E402
+from harness import Pgcdc, finish, report, run_test, selected, sql, ws_upgrade  # noqa: E402
 from harness import recv_until as harness_recv_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECRET = "s3cret: grants & more"
-WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 # ---- helpers ---------------------------------------------------------------
@@ -64,19 +63,6 @@ def ws_path(query, filters=(), grant=None):
     if grant is not None:
         path += "&grant=" + grant
     return path
-
-
-def upgrade(port, path):
-    """(status, body) of the answer to a WebSocket upgrade request."""
-    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-           "Sec-WebSocket-Version: 13\r\n\r\n" % (path, port, WS_KEY)).encode()
-    data = raw_http(port, req, timeout=3)
-    head, _, body = data.partition(b"\r\n\r\n")
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-    assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
-    status = int(parts[1])
-    return status, (b"" if status == 101 else body).decode("utf-8", "replace")
 
 
 async def connect(pc, path):
@@ -123,7 +109,7 @@ ROWS = [(1, 5), (2, 7), (1, 20), (2, 30), (3, 1), (1, 50)]
 
 
 def assert_status(pc, path, want, words=(), what=""):
-    st, body = upgrade(pc.port, path)
+    st, body = ws_upgrade(pc.port, path)
     assert st == want, "%s: expected %d, got %d %s" % (what or path, want, st, body.strip())
     assert body.strip(), "%s: %d without a body" % (what or path, st)
     low = body.lower()
@@ -170,7 +156,7 @@ def t_widened_403(pc):
     g2 = mint("insert,update:g_orders", ["user_id.eq.1", "amount.gt.10"])
     assert_status(pc, ws_path("insert:g_orders", ["user_id.eq.1"], g2), 403, what="second filter dropped")
     assert_status(pc, ws_path("insert:g_orders", ["amount.gt.10"], g2), 403, what="first filter dropped")
-    st, body = upgrade(pc.port, ws_path("update:g_orders", ["amount.gt.10", "user_id.eq.1"], g2))
+    st, body = ws_upgrade(pc.port, ws_path("update:g_orders", ["amount.gt.10", "user_id.eq.1"], g2))
     assert st == 101, "fewer types, the grant's filters in another order: %d %s" % (st, body)
 
 
@@ -183,7 +169,7 @@ async def t_narrower_accepted(pc):
     assert [(cols(f)["user_id"], cols(f)["amount"]) for f in got] == [(1, 20), (1, 50)], got
     await close(ws)
     # the grant's schema-qualified form of the same table is the same table
-    st, body = upgrade(pc.port, ws_path("insert:public.g_orders", ["user_id.eq.1"], g))
+    st, body = ws_upgrade(pc.port, ws_path("insert:public.g_orders", ["user_id.eq.1"], g))
     assert st == 101, "public.g_orders for a grant on g_orders: %d %s" % (st, body)
 
 
@@ -219,7 +205,7 @@ def t_bad_grants_401(pc):
     for path, what, words in cases:
         assert_status(pc, path, 401, ("grant",) + words, what)
     # the untampered one is fine
-    st, body = upgrade(pc.port, ws_path("insert:g_orders", ["user_id.eq.1"], good))
+    st, body = ws_upgrade(pc.port, ws_path("insert:g_orders", ["user_id.eq.1"], good))
     assert st == 101, "the valid grant: %d %s" % (st, body)
 
 
@@ -232,7 +218,7 @@ def t_tampered_mac_401(pc):
     p64, mac64 = good.split(".")
     mac = base64.urlsafe_b64decode(mac64 + "=" * (-len(mac64) % 4))
     assert len(mac) == 20, mac
-    st, body = upgrade(pc.port, ws_path("insert:g_orders", ["user_id.eq.1"], good))
+    st, body = ws_upgrade(pc.port, ws_path("insert:g_orders", ["user_id.eq.1"], good))
     assert st == 101, "the untampered grant (exp 2100): %d %s" % (st, body)
     for i in range(20):
         bad = bytearray(mac)
@@ -305,7 +291,7 @@ async def t_no_secret(pc):
         got = await recv_until(ws, lambda f: cols(f)["amount"] == 30)
         assert [cols(f)["amount"] for f in got] == [7, 30], [cols(f) for f in got]
         await close(ws)
-    assert upgrade(pc.port, ws_path("insert:nope_no_table", (), "garbage"))[0] == 400
+    assert ws_upgrade(pc.port, ws_path("insert:nope_no_table", (), "garbage"))[0] == 400
 
 
 def main():

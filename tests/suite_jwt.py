@@ -36,14 +36,13 @@ import websockets  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from harness import (PGCDC, Pgcdc, finish, http_get, raw_http, recv_until, selected,  # noqa: E402
-                     run_test, sql, wait_until)
+from harness import (PGCDC, Pgcdc, finish, http_get, recv_until, selected,  # noqa: E402
+                     run_test, sql, wait_until, ws_upgrade)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECRET = "an HS256 secret of at least 32 bytes!"
 ISS = "https://issuer.test"
 AUD = "pgcdc"
-WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 TMP = tempfile.mkdtemp(prefix="pgcdc-jwt-")
 
@@ -159,17 +158,7 @@ def path_of(query, filters=(), token=None, columns=None, since=None):
 
 
 def upgrade(port, path, headers=()):
-    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-           % (path, port, WS_KEY))
-    for h in headers:
-        req += h + "\r\n"
-    data = raw_http(port, (req + "\r\n").encode(), timeout=5)
-    head, _, body = data.partition(b"\r\n\r\n")
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-    assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
-    st = int(parts[1])
-    return st, (b"" if st == 101 else body).decode("utf-8", "replace")
+    return ws_upgrade(port, path, headers, timeout=5)
 
 
 def expect(pc, path, want, words=(), headers=(), what=""):

@@ -22,11 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import (PGCDC, PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc, collect,  # noqa: E402
-                     pos_key, raw_http, run_selected, sql, ws_path)
+                     pos_key, run_selected, sql, ws_path, ws_upgrade)
 from harness import recv_until as harness_recv_until  # noqa: E402
 from harness import lsn_int, metrics, rss_kib  # noqa: E402
 
-WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 # ---- helpers ---------------------------------------------------------------
@@ -35,21 +34,6 @@ async def connect(pc, query, since=None, filters=()):
     return await websockets.connect(pc.url(ws_path(query, filters, since)),
                                     max_size=None, max_queue=None,
                                     ping_interval=None, open_timeout=10)
-
-
-def upgrade(port, path):
-    """Sends a WebSocket upgrade request; returns (status, body) of the
-    answer (body empty for a 101)."""
-    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-           "Sec-WebSocket-Version: 13\r\n\r\n" % (path, port, WS_KEY)).encode()
-    data = raw_http(port, req, timeout=3)
-    head, _, body = data.partition(b"\r\n\r\n")
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split(" ")
-    assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
-    status = int(parts[1])
-    return status, (b"" if status == 101 else body).decode("utf-8", "replace")
 
 
 def num(frame):
@@ -393,11 +377,11 @@ async def t_gone_small_history():
     make_table("r_small")
     with Pgcdc({"server": {"history": "4096"}}) as pc:
         first = await rows_with_pos(pc, "r_small", 3, 1)
-        st, body = upgrade(pc.port, ws_path("insert:r_small", since=first[0]["pos"]))
+        st, body = ws_upgrade(pc.port, ws_path("insert:r_small", since=first[0]["pos"]))
         assert st == 101, "a position still in the history answered %d %s" % (st, body)
         later = await rows_with_pos(pc, "r_small", 60, 100)
         for f in (first[0], first[-1], later[0]):
-            st, body = upgrade(pc.port, ws_path("insert:r_small", since=f["pos"]))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_small", since=f["pos"]))
             assert st == 410, "since=%s (out of a 4096-byte history) answered %d %s" % (f["pos"], st, body)
             assert body_says_gone(body), "410 body does not say why: %r" % body
         m = metrics(pc.port)
@@ -428,7 +412,7 @@ async def t_gone_inside_a_transaction():
         kept = metrics(pc.port)["pgcdc_history_frames"]
         assert 2 <= kept < 50, "the history keeps %s of the transaction's 60 changes" % kept
         for f in (got[0], got[59 - int(kept) - 1]):
-            st, body = upgrade(pc.port, ws_path("insert:r_intx", since=f["pos"]))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_intx", since=f["pos"]))
             assert st == 410, "since=%s (earlier in a transaction whose start was evicted) answered %d %s" % (
                 f["pos"], st, body)
             assert body_says_gone(body), "410 body does not say why: %r" % body
@@ -448,7 +432,7 @@ async def t_gone_after_temporary_restart():
         assert pc.stop() == 0
         pc.start()
         for f in before:
-            st, body = upgrade(pc.port, ws_path("insert:r_temp", since=f["pos"]))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_temp", since=f["pos"]))
             assert st == 410, "since=%s from before a restart (temporary slot) answered %d %s" % (
                 f["pos"], st, body)
             assert body_says_gone(body), "410 body does not say why: %r" % body
@@ -466,12 +450,12 @@ def t_bad_positions():
     with Pgcdc() as pc:
         for bad in ("abc", "0/0", "1/2:x", ":5", "0/1:99999999999", "", "0/1:", "G/1:0", "0/1:-1",
                     "0/1:0:0", "1/:0", "/1:0", "0/1 :0", "0/100000000:0"):
-            st, body = upgrade(pc.port, ws_path("insert:r_bad", since=bad))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_bad", since=bad))
             assert st == 400, "since=%r answered %d %s" % (bad, st, body)
             assert body.strip(), "400 for since=%r has no body" % bad
         # well-formed ones, in lower case too
         for good in ("0/1:0", "ffffffff/ffffffff:4294967295", "1a/2b:3"):
-            st, body = upgrade(pc.port, ws_path("insert:r_bad", since=good))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_bad", since=good))
             assert st in (101, 410), "since=%r answered %d %s" % (good, st, body)
 
 
@@ -483,7 +467,7 @@ async def t_future_position():
         got = await rows_with_pos(pc, "r_future", 2, 1)
         lsn = lsn_int(got[-1]["pos"].split(":")[0]) + 0x1000000
         future = "%X/%X:0" % (lsn >> 32, lsn & 0xFFFFFFFF)
-        st, body = upgrade(pc.port, ws_path("insert:r_future", since=future))
+        st, body = ws_upgrade(pc.port, ws_path("insert:r_future", since=future))
         if st != 101:
             assert 400 <= st < 500 and body.strip(), "since=%s answered %d %r" % (future, st, body)
             return
@@ -504,7 +488,7 @@ async def t_history_disabled():
     with Pgcdc({"server": {"history": "0"}}) as pc:
         got = await rows_with_pos(pc, "r_off", 3, 1)
         for p in ("0/1:0", got[0]["pos"], got[1]["pos"]):
-            st, body = upgrade(pc.port, ws_path("insert:r_off", since=p))
+            st, body = ws_upgrade(pc.port, ws_path("insert:r_off", since=p))
             assert st == 410, "history = 0, since=%s answered %d %s" % (p, st, body)
             assert body_says_gone(body), "410 body does not say why: %r" % body
         m = metrics(pc.port)
@@ -573,7 +557,7 @@ async def t_metrics():
             await close(ws)
         ws = await connect(pc, "insert:r_met")      # not a resume
         await close(ws)
-        upgrade(pc.port, ws_path("insert:r_met", since="abc"))    # refused: not a resume
+        ws_upgrade(pc.port, ws_path("insert:r_met", since="abc"))    # refused: not a resume
         assert metrics(pc.port)["pgcdc_resumes_total"] == 3
         # after eviction, the oldest kept position moves on
         more = await rows_with_pos(pc, "r_met", 200, 100)

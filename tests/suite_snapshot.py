@@ -32,10 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 
 from harness import (PGDATABASE, PGHOST, PGPORT, PGUSER, Pgcdc,  # noqa: E402
-                     raw_http, run_selected, sql, wait_until, ws_path)
+                     run_selected, sql, wait_until, ws_path, ws_upgrade)
 from harness import metrics, rss_kib  # noqa: E402
 
-WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 BIG_ROWS = 300000
 
 
@@ -64,19 +63,6 @@ async def read_snapshot(ws, timeout=60):
         obj = json.loads(m)
         assert obj.get("action") == "E", "expected S or E, got %s" % m[:300]
         return rows, obj
-
-
-def upgrade(port, path):
-    """(status, body) of a WebSocket upgrade request (body empty on 101)."""
-    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-           "Sec-WebSocket-Version: 13\r\n\r\n" % (path, port, WS_KEY)).encode()
-    data = raw_http(port, req, timeout=3)
-    head, _, body = data.partition(b"\r\n\r\n")
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-    assert len(parts) >= 2 and parts[1].isdigit(), "no HTTP answer: %r" % data[:200]
-    st = int(parts[1])
-    return st, (b"" if st == 101 else body).decode("utf-8", "replace")
 
 
 def columns_raw(text):
@@ -547,9 +533,9 @@ def t_permission():
         "GRANT USAGE ON SCHEMA public TO sn_limited; GRANT SELECT ON sn_ok TO sn_limited")
     conn = "host=%s port=%s user=sn_limited dbname=%s" % (PGHOST, PGPORT, PGDATABASE)
     with Pgcdc({"postgres": {"conninfo": conn}}) as pc:
-        st, body = upgrade(pc.port, snap_path("*:sn_secret"))
+        st, body = ws_upgrade(pc.port, snap_path("*:sn_secret"))
         assert st == 403 and "SELECT" in body, (st, body)
-        st, _ = upgrade(pc.port, ws_path("*:sn_secret"))
+        st, _ = ws_upgrade(pc.port, ws_path("*:sn_secret"))
         assert st == 101, "without a snapshot the table streams: %d" % st
 
         async def go():
@@ -562,11 +548,11 @@ def t_permission():
 def t_bad_requests():
     sql("DROP TABLE IF EXISTS sn_bad; CREATE TABLE sn_bad (id int)")
     with Pgcdc() as pc:
-        st, body = upgrade(pc.port, snap_path("*:sn_bad", extra="&since=0/0:0"))
+        st, body = ws_upgrade(pc.port, snap_path("*:sn_bad", extra="&since=0/0:0"))
         assert st == 400 and "since" in body, (st, body)
-        st, body = upgrade(pc.port, ws_path("*:sn_bad") + "&snapshot=yes")
+        st, body = ws_upgrade(pc.port, ws_path("*:sn_bad") + "&snapshot=yes")
         assert st == 400 and "snapshot" in body, (st, body)
-        st, body = upgrade(pc.port, ws_path("*:sn_bad") + "&snapshot=0")
+        st, body = ws_upgrade(pc.port, ws_path("*:sn_bad") + "&snapshot=0")
         assert st == 400 and "snapshot" in body, (st, body)
 
         async def go():   # a table without a key: "key" is null
@@ -575,7 +561,7 @@ def t_bad_requests():
         rows, end = asyncio.run(go())
         assert end["rows"] == 0 and end["key"] is None and rows == [], end
     with Pgcdc({"server": {"history": "0"}}) as pc:
-        st, body = upgrade(pc.port, snap_path("*:sn_bad"))
+        st, body = ws_upgrade(pc.port, snap_path("*:sn_bad"))
         assert st == 400 and "history" in body, (st, body)
 
 
