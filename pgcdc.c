@@ -4702,29 +4702,35 @@ static void metric(sbuf *b, const char *name, const char *type, const char *help
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name, (unsigned long long)v);
 }
 
+/* A labelled family: one value per label value, under one HELP and TYPE. */
+static void metric_family(sbuf *b, const char *name, const char *type, const char *help,
+                          const char *label, const char *const *names, const uint64_t *v, int n)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int i = 0; i < n; i++)
+        sb_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, names[i], (unsigned long long)v[i]);
+}
+
 static void metrics_body(sbuf *b)
 {
+    static const char *const transports[] = { "ws", "sse" };
+    static const char *const drops[] = { "slow", "protocol", "timeout" };
+    static const char *const snap_fails[] = { "query", "timeout", "overtaken" };
     uint64_t lag = S.repl.wal_end > S.repl.processed ? S.repl.wal_end - S.repl.processed : 0;
     frame *oldest = S.hist.n ? S.hist.ring[S.hist.head] : NULL;
     unsigned nsse = 0;
     for (int i = SLOT_FIRST; i < S.npfd; i++)
         nsse += S.pcl[i]->counted && S.pcl[i]->sse;
     metric(b, "pgcdc_clients", "gauge", "Connected streaming clients (WebSocket and SSE).", S.http.nclients);
-    sb_printf(b, "# HELP pgcdc_clients_by_transport Connected streaming clients by transport.\n"
-              "# TYPE pgcdc_clients_by_transport gauge\n"
-              "pgcdc_clients_by_transport{transport=\"ws\"} %u\n"
-              "pgcdc_clients_by_transport{transport=\"sse\"} %u\n", S.http.nclients - nsse, nsse);
+    metric_family(b, "pgcdc_clients_by_transport", "gauge", "Connected streaming clients by transport.",
+                  "transport", transports, (const uint64_t[]){ S.http.nclients - nsse, nsse }, 2);
     metric(b, "pgcdc_connections", "gauge", "Open client TCP connections, upgraded or not.", S.http.nconns);
     metric(b, "pgcdc_changes_total", "counter", "Changes decoded from the replication stream.", S.count.changes);
     metric(b, "pgcdc_frames_sent_total", "counter", "Change frames written to clients.", S.count.frames);
     metric(b, "pgcdc_bytes_sent_total", "counter", "Bytes written to clients.", S.count.bytes);
-    sb_printf(b, "# HELP pgcdc_clients_dropped_total Clients disconnected by the server.\n"
-              "# TYPE pgcdc_clients_dropped_total counter\n"
-              "pgcdc_clients_dropped_total{reason=\"slow\"} %llu\n"
-              "pgcdc_clients_dropped_total{reason=\"protocol\"} %llu\n"
-              "pgcdc_clients_dropped_total{reason=\"timeout\"} %llu\n",
-              (unsigned long long)S.count.drop_slow, (unsigned long long)S.count.drop_proto,
-              (unsigned long long)S.count.drop_timeout);
+    metric_family(b, "pgcdc_clients_dropped_total", "counter", "Clients disconnected by the server.",
+                  "reason", drops,
+                  (const uint64_t[]){ S.count.drop_slow, S.count.drop_proto, S.count.drop_timeout }, 3);
     metric(b, "pgcdc_replication_connected", "gauge", "1 while the replication stream is up.", S.repl.state == R_STREAMING);
     metric(b, "pgcdc_replication_reconnects_total", "counter", "Times the replication stream was re-established.",
            S.count.reconnects);
@@ -4739,22 +4745,15 @@ static void metrics_body(sbuf *b)
     metric(b, "pgcdc_connections_waiting", "gauge", "Connections whose request is not complete yet.", S.http.nwaiting);
     metric(b, "pgcdc_connections_shed_total", "counter",
            "Connections closed before finishing their request to make room for others.", S.count.shed);
-    sb_printf(b, "# HELP pgcdc_auth_failures_total Requests refused for their credentials or Origin.\n"
-              "# TYPE pgcdc_auth_failures_total counter\n");
-    for (int i = 0; i < AUTHF_N; i++)
-        sb_printf(b, "pgcdc_auth_failures_total{reason=\"%s\"} %llu\n", authf_names[i],
-                  (unsigned long long)S.count.auth_fail[i]);
+    metric_family(b, "pgcdc_auth_failures_total", "counter", "Requests refused for their credentials or Origin.",
+                  "reason", authf_names, S.count.auth_fail, AUTHF_N);
     metric(b, "pgcdc_snapshots_total", "counter", "Snapshots asked for (snapshot=1).", S.snap.total);
     metric(b, "pgcdc_snapshots_active", "gauge", "Snapshot queries running.", S.snap.active);
     metric(b, "pgcdc_snapshots_waiting", "gauge", "Snapshots waiting for a free connection.", S.snap.waiting);
     metric(b, "pgcdc_snapshot_rows_total", "counter", "Rows sent by snapshots.", S.snap.rows);
-    sb_printf(b, "# HELP pgcdc_snapshot_failures_total Snapshots that ended in an error.\n"
-              "# TYPE pgcdc_snapshot_failures_total counter\n"
-              "pgcdc_snapshot_failures_total{reason=\"query\"} %llu\n"
-              "pgcdc_snapshot_failures_total{reason=\"timeout\"} %llu\n"
-              "pgcdc_snapshot_failures_total{reason=\"overtaken\"} %llu\n",
-              (unsigned long long)S.snap.fail_query, (unsigned long long)S.snap.fail_timeout,
-              (unsigned long long)S.snap.fail_overtaken);
+    metric_family(b, "pgcdc_snapshot_failures_total", "counter", "Snapshots that ended in an error.",
+                  "reason", snap_fails,
+                  (const uint64_t[]){ S.snap.fail_query, S.snap.fail_timeout, S.snap.fail_overtaken }, 3);
 }
 
 /* ==== The event loop ==================================================== */
