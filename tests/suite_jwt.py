@@ -94,13 +94,18 @@ def claims_of(sub="u1", **extra):
     return c
 
 
-def mint_py(alg, key, claims, ttl=3600, kid=None):
-    """Through README's PyJWT snippet (tests/jwt_mint.py)."""
-    args = ["/usr/bin/python3", os.path.join(HERE, "jwt_mint.py"), alg,
+def mint_by(program, script, alg, key, claims, ttl, kid):
+    """The token the minting program tests/<script> prints."""
+    args = [program, os.path.join(HERE, script), alg,
             pem(key) if alg == "RS256" else key, json.dumps(claims), str(ttl)]
     if kid:
         args.append(kid)
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def mint_py(alg, key, claims, ttl=3600, kid=None):
+    """Through README's PyJWT snippet (tests/jwt_mint.py)."""
+    return mint_by("/usr/bin/python3", "jwt_mint.py", alg, key, claims, ttl, kid)
 
 
 def node_ready():
@@ -113,11 +118,7 @@ def node_ready():
 
 def mint_js(alg, key, claims, ttl=3600, kid=None):
     """Through README's jsonwebtoken snippet (tests/jwt_mint.js)."""
-    args = ["node", os.path.join(HERE, "jwt_mint.js"), alg,
-            pem(key) if alg == "RS256" else key, json.dumps(claims), str(ttl)]
-    if kid:
-        args.append(kid)
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+    return mint_by("node", "jwt_mint.js", alg, key, claims, ttl, kid)
 
 
 def hs(claims, ttl=3600, secret=SECRET, headers=None):
