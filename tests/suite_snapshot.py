@@ -459,9 +459,13 @@ def t_queue_order():
                 tasks = []
                 for i, name in enumerate("ABC"):
                     tasks.append(asyncio.create_task(client(name)))
-                    want_wait = i
-                    await asyncio.to_thread(wait_until, lambda: metrics(pc.port).get("pgcdc_snapshots_waiting")
-                                            == want_wait, 10, "%d waiting" % want_wait)
+                    # the next client comes only once this one has its
+                    # place (running or queued), so arrival order is known
+                    want = i + 1
+                    await asyncio.to_thread(
+                        wait_until, lambda: sum(metrics(pc.port).get(k, 0) for k in
+                                                ("pgcdc_snapshots_active", "pgcdc_snapshots_waiting")) == want,
+                        10, "%d snapshots running or waiting" % want)
                 m = metrics(pc.port)
                 assert m["pgcdc_snapshots_active"] == 1 and m["pgcdc_snapshots_waiting"] == 2, m
                 lock.release()
