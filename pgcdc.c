@@ -1722,15 +1722,17 @@ static void graveyard_free(void)
  * CLOSE_TIMEOUT_MS), otherwise TCP closes once the close frame is out. */
 /* Ends an SSE stream: the changes not yet started are dropped, then
  * "event: close" with the reason, then TCP closes once it is out. */
-static void client_sse_end(client *c, const char *reason)
+/* Both transports' ending: the snapshot let go, the queue dropped but for
+ * a message being written, the last bytes (close frame or close event)
+ * queued, and the client no longer counted nor subscribed. Behind unsent
+ * bytes (a slow consumer) they may take a while to get out: give them
+ * DRAIN_TIMEOUT_MS, then CLOSE_TIMEOUT_MS once they are out (client_write). */
+static void client_closing(client *c, const void *bytes, size_t n)
 {
-    char buf[SSE_CLOSE_MAX];
-    if (c->sent_close || c->fd < 0)
-        return;
+    snap_detach(c);
     q_clear(c, 1);
-    size_t n = sse_close_event(buf, reason);
     frame *f = frame_new(n);
-    memcpy(f->data, buf, n);
+    memcpy(f->data, bytes, n);
     q_push(c, f);
     frame_unref(f);
     c->sent_close = 1;
@@ -1738,12 +1740,20 @@ static void client_sse_end(client *c, const char *reason)
     c->replaying = 0;
     c->sse_hold = 0;
     group_leave(c);
-    if (c->counted) {
+    if (c->counted) {   /* closing: no longer a client, nor a max_clients place */
         c->counted = 0;
         S.http.nclients--;
     }
-    c->close_after = 1;
     c->deadline = S.now + (c->qn > 1 || c->pollout ? DRAIN_TIMEOUT_MS : CLOSE_TIMEOUT_MS);
+}
+
+static void client_sse_end(client *c, const char *reason)
+{
+    char buf[SSE_CLOSE_MAX];
+    if (c->sent_close || c->fd < 0)
+        return;
+    client_closing(c, buf, sse_close_event(buf, reason));
+    c->close_after = 1;
 }
 
 static void client_ws_close(client *c, unsigned code, const char *reason, int wait_reply)
@@ -1755,26 +1765,8 @@ static void client_ws_close(client *c, unsigned code, const char *reason, int wa
     }
     if (c->sent_close || c->fd < 0)
         return;
-    snap_detach(c);
-    q_clear(c, 1);
-    size_t n = ws_close_frame(buf, code, reason);
-    frame *f = frame_new(n);
-    memcpy(f->data, buf, n);
-    q_push(c, f);
-    frame_unref(f);
-    c->sent_close = 1;
-    c->state = C_CLOSING;
-    c->replaying = 0;
-    group_leave(c);
-    if (c->counted) {   /* closing: no longer a client, nor a max_clients place */
-        c->counted = 0;
-        S.http.nclients--;
-    }
+    client_closing(c, buf, ws_close_frame(buf, code, reason));
     c->close_after = (uint8_t)(!wait_reply || c->got_close);
-    /* behind unsent bytes (a slow consumer) the close frame may take a while
-     * to get out; give it DRAIN_TIMEOUT_MS, then CLOSE_TIMEOUT_MS for the
-     * peer's answer once it is out (see client_write) */
-    c->deadline = S.now + (c->qn > 1 || c->pollout ? DRAIN_TIMEOUT_MS : CLOSE_TIMEOUT_MS);
 }
 
 static void replay_fill(client *c);
