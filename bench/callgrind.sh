@@ -180,7 +180,7 @@ log "$(grep '^connected' "$DIR/ws.out")"
 
 callgrind_control -z "$PGCDC_PID" >"$DIR/zero.log" 2>&1 || { cat "$DIR/zero.log" >&2; exit 1; }
 t0=$(date +%s.%N)
-PGOPTIONS="-c synchronous_commit=off" psqlq <<EOF || exit 1
+PGOPTIONS="-c synchronous_commit=on" psqlq <<EOF || exit 1
 BEGIN;
 INSERT INTO $TABLE (ts, payload)
     SELECT (extract(epoch from clock_timestamp()) * 1e6)::bigint, 'row ' || g

@@ -96,7 +96,6 @@ struct opts {
     const char *headers[MAX_HEADERS];
     int nheaders;
     bool pipe;
-    bool pipe_batch;         /* --pipe-batch: 1 MiB pipe, read in batches */
 };
 
 struct stat_code { int code; int count; };
@@ -918,7 +917,7 @@ static void usage(void)
 {
     fprintf(stderr,
 "usage: wsload -u ws://HOST:PORT/PATH?QUERY -c N [options]\n"
-"       wsload --pipe|--pipe-batch [options] < pg_recvlogical-output\n"
+"       wsload --pipe [options] < pg_recvlogical-output\n"
 "  -n FRAMES            frames expected per connection (end when all have them)\n"
 "  -t SECS              end after SECS without any frame (default 30)\n"
 "  -r PER_SEC           start at most PER_SEC connections per second\n"
@@ -991,10 +990,6 @@ static void parse_args(struct opts *o, int argc, char **argv)
         } else if (strcmp(a, "--pipe") == 0) {
             o->pipe = true;
             takes = false;
-        } else if (strcmp(a, "--pipe-batch") == 0) {
-            o->pipe = true;
-            o->pipe_batch = true;
-            takes = false;
         } else if (!v) {
             usage();
         } else if (strcmp(a, "-u") == 0) {
@@ -1065,13 +1060,6 @@ static int run_pipe(struct run *r)
     uint8_t *buf = malloc(cap);
     if (!buf)
         return 1;
-    /* --pipe-batch: pg_recvlogical writes each record (and then its
-     * newline) with its own write(), and a reader waiting on an empty pipe
-     * is woken for every one of them.  A larger pipe read only after a
-     * short pause takes the records in batches, as pgcdc's clients get
-     * them, so the reference measures the decoding and not the wake-ups. */
-    if (r->o.pipe_batch)
-        (void)fcntl(0, F_SETPIPE_SZ, 1 << 20);
     (void)fcntl(0, F_SETFL, fcntl(0, F_GETFL) & ~O_NONBLOCK);
     struct sigaction tick;
     memset(&tick, 0, sizeof tick);
@@ -1120,10 +1108,6 @@ static int run_pipe(struct run *r)
             break;
         }
         int64_t now = now_us(CLOCK_REALTIME);
-        if (r->o.pipe_batch && n < 65536) {
-            struct timespec pause = { 0, 200000 };
-            nanosleep(&pause, NULL);
-        }
         uint64_t before = c->frames;
         size_t scan = len;
         len += (size_t)n;
