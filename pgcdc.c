@@ -1858,13 +1858,14 @@ static void client_write(client *c)
     }
 }
 
-/* Coalescing: while a transaction is still arriving (no commit came in
- * this loop turn), an open client's write waits until COALESCE_BYTES (at
- * most an eighth of max_queue) are queued for it or COALESCE_MS have
- * passed.  A big transaction then goes out in a few large writes instead of
- * one small write per client per turn (its frames arrive in some 16 kB
- * reads), which costs the kernel far less for every client; a transaction
- * that arrives whole, the usual case, is written at once. */
+/* Coalescing (docs/protocol.md, Order): while a transaction is still
+ * arriving (no commit came in this loop turn), an open client's write
+ * waits until COALESCE_BYTES (at most an eighth of max_queue) are queued
+ * for it or COALESCE_MS have passed.  A big transaction then goes out in a
+ * few large writes instead of one small write per client per turn (its
+ * frames arrive in reads of some 16 kB), which costs the kernel less on
+ * both ends of every connection; a transaction that arrives whole, the
+ * usual case, is written at once. */
 #define COALESCE_BYTES 262144
 #define COALESCE_MS 5
 

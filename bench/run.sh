@@ -648,6 +648,7 @@ scenario_single() {
 # (pgcdc) to the last frame at the last client.
 scenario_kernel() {
     local n=${BENCH_BIG:-200000} c=100 i out ref fps=() rfps=() rcpu=() pcpu=()
+    local ptot=() rtot=() wcpu=()
     local FREF=$DIR/fanout_ref
     ${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -pedantic -Werror \
         -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -O2 \
@@ -672,12 +673,17 @@ scenario_kernel() {
             rfps+=(-)
         fi
         rcpu+=("$(grep '^sent' "$ref" | tr ' ' '\n' | sed -n 's/^cpu_\(user\|sys\)_s=//p' | paste -sd/)")
+        rtot+=("$(echo "${rcpu[-1]}" | awk -F/ 'NF == 2 { printf "%.2f", $1 + $2 }')")
         [ "$(kv "$out" result min)" != "$n" ] && note "kernel run $i: fanout_ref clients got min $(kv "$out" result min) of $n"
         start_pgcdc "kernel_$i" "max_queue = 1073741824" || note "kernel: pgcdc did not start"
-        local c0 s0 c1 s1
-        c0=$(cpu_ticks "$PGCDC_PID"); s0=$(sys_ticks "$PGCDC_PID")
+        local c0 s0 c1 s1 wpid w0 w1
+        # the walsender decoding for this pgcdc, on the same two cores
+        wpid=$(psqlq -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_kernel_$i'")
+        c0=$(cpu_ticks "$PGCDC_PID"); s0=$(sys_ticks "$PGCDC_PID"); w0=$(cpu_ticks "$wpid")
         ws_run "kernel_$i" wl_bigtx $n -- -c $c -n $n -t 60
-        c1=$(cpu_ticks "$PGCDC_PID"); s1=$(sys_ticks "$PGCDC_PID")
+        c1=$(cpu_ticks "$PGCDC_PID"); s1=$(sys_ticks "$PGCDC_PID"); w1=$(cpu_ticks "$wpid")
+        ptot+=("$(calc "(${c1:-0} - ${c0:-0}) / $TCK" 2)")
+        if num "$w0" && num "$w1"; then wcpu+=("$(calc "($w1 - $w0) / $TCK" 2)"); else wcpu+=(-); fi
         out=$DIR/ws-kernel_$i.out
         last=$(kv "$out" result last_us)
         tot=$(kv "$out" result frames)
@@ -691,8 +697,11 @@ scenario_kernel() {
     done
     row kernel "$n frames -> $c clients, frames/s: pgcdc (ref: writev sender)" \
         "$(median "${fps[@]}")" "$(median "${rfps[@]}")"
+    row kernel "CPU s (user + sys) for those frames, lower is better: pgcdc (ref: writev sender)" \
+        "$(median "${ptot[@]}")" "$(median "${rtot[@]}")"
+    row kernel "CPU s of the walsender decoding for pgcdc on the same cores" "$(median "${wcpu[@]}")" "-" "-"
     note "kernel frames/s per run: pgcdc ${fps[*]}; fanout_ref ${rfps[*]}"
-    note "kernel CPU s user/sys per run: pgcdc ${pcpu[*]}; fanout_ref ${rcpu[*]}"
+    note "kernel CPU s user/sys per run: pgcdc ${pcpu[*]}; fanout_ref ${rcpu[*]}; walsender (user + sys) ${wcpu[*]}"
 }
 
 # What each extra instance costs PostgreSQL: N = 1, 2, 4 pgcdc instances

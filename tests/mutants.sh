@@ -721,6 +721,20 @@ test: $PYTHON tests/suite_snapshot.py 'not yet visible'
             xid_widen(f->xid, v->xmax) < v->xmax)
             j->scan = seq;
 
+=== coalescing: a transaction still arriving held until its commit
+file: pgcdc.c
+test: $PYTHON tests/suite_pipeline.py 'volume'
+--- find
+    if (!S.repl.in_txn || S.repl.turn_commit || c->state != C_WS || c->replaying || c->snap ||
+        c->qbytes >= (COALESCE_BYTES < S.cfg.max_queue / 8 ? COALESCE_BYTES : S.cfg.max_queue / 8)) {
++++ replace
+    if (!S.repl.in_txn || S.repl.turn_commit || c->state != C_WS || c->replaying || c->snap) {
+--- find
+    if (S.now - c->wait_ms < COALESCE_MS)
+        return 1;
++++ replace
+    return 1;
+
 # Not a row: snap_hides() treating a change exactly at the snapshot's WAL
 # position as one the snapshot has is equivalent: a transaction the snapshot
 # sees committed has its commit record before that position, so
