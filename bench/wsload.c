@@ -1049,10 +1049,6 @@ static void on_tick(int sig)
     (void)sig;
 }
 
-#ifndef F_SETPIPE_SZ
-#define F_SETPIPE_SZ 1031   /* Linux */
-#endif
-
 static int run_pipe(struct run *r)
 {
     struct conn *c = r->c;
