@@ -365,15 +365,23 @@ ref_run() {
     log "ref $name: $(grep '^result' "$out" | cut -c1-200)"
 }
 
+# Microseconds from t0 to a run's $2 (first_us or last_us) in output file
+# $1; nothing when there is no t0 or the run got no frame.
+us_after_t0() {
+    local t
+    t=$(kv "$1" result "$2")
+    if num "$t" && [ "$t" != 0 ] && [ -n "$T0" ]; then echo $((t - T0)); fi
+}
+
 # changes/s of a run: $1 output file, $2 changes expected per connection.
 # Marks the value with "!" when a connection got fewer.
 rate_of() {
-    local f=$1 n=$2 last mn
-    last=$(kv "$f" result last_us)
+    local f=$1 n=$2 d mn
+    d=$(us_after_t0 "$f" last_us)
     mn=$(kv "$f" result min)
-    if [ -z "$last" ] || [ -z "$T0" ] || [ "$last" = 0 ]; then echo "-"; return; fi
+    if [ -z "$d" ]; then echo "-"; return; fi
     local v
-    v=$(calc "$n / (($last - $T0) / 1e6)" 0)
+    v=$(calc "$n / ($d / 1e6)" 0)
     if [ "${mn:-0}" -lt "$n" ]; then
         note "$(basename "$f"): a connection got only ${mn:-0} of $n changes"
         v="$v!"
@@ -383,18 +391,16 @@ rate_of() {
 
 # Milliseconds from t0 to the first frame.
 first_ms() {
-    local first
-    first=$(kv "$1" result first_us)
-    if [ -z "$first" ] || [ "$first" = 0 ] || [ -z "$T0" ]; then echo "-"; return; fi
-    calc "($first - $T0) / 1000" 1
+    local d
+    d=$(us_after_t0 "$1" first_us)
+    if [ -n "$d" ]; then calc "$d / 1000" 1; else echo "-"; fi
 }
 
 # Seconds from t0 to the last frame.
 secs_of() {
-    local last
-    last=$(kv "$1" result last_us)
-    if [ -z "$last" ] || [ "$last" = 0 ] || [ -z "$T0" ]; then echo "-"; return; fi
-    calc "($last - $T0) / 1e6" 3
+    local d
+    d=$(us_after_t0 "$1" last_us)
+    if [ -n "$d" ]; then calc "$d / 1e6" 3; else echo "-"; fi
 }
 
 # ---- scenarios ---------------------------------------------------------------
