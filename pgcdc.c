@@ -1893,14 +1893,17 @@ static int flush_dirty(void)
         client *c = S.http.dirty;
         S.http.dirty = c->dnext;
         c->dnext = NULL;
-        if (c->fd >= 0 && !c->pollout && write_waits(c)) {
+        if (c->fd < 0 || c->pollout) {   /* closed, or written on POLLOUT */
+            c->dirty = 0;
+            continue;
+        }
+        if (write_waits(c)) {
             c->dnext = waiting;
             waiting = c;
             continue;
         }
         c->dirty = 0;
-        if (c->fd >= 0 && !c->pollout)
-            client_write(c);
+        client_write(c);
     }
     S.http.dirty = waiting;
     return waiting != NULL;
